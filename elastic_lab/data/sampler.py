@@ -1,0 +1,68 @@
+"""Deterministic, resumable, distributed batching with size grouping.
+
+An epoch is a shuffled list of *pools* (``pool_batches`` global batches each). Within a pool,
+images are grouped by processed size so that padding stays small; in elastic training the sizes
+come from the predicted phi, so the training loop groups each pool after predicting it
+(``group_by_size``). Everything is a function of (seed, epoch), so a resumed run sees the same
+order, and each rank of a ``torchrun`` job takes its own shard of every pool.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def epoch_pools(num_images: int, batch_size: int, pool_batches: int, seed: int, epoch: int
+                ) -> list[list[int]]:
+    """Global pools of ``pool_batches * batch_size`` image indices for one epoch (last partial pool dropped)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=g).tolist()
+    pool = pool_batches * batch_size
+    return [order[i: i + pool] for i in range(0, num_images - pool + 1, pool)]
+
+
+def shard(pool: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's part of a global pool."""
+    return pool[rank::world_size]
+
+
+def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Split positions 0..n-1 into batches of ``batch_size`` with similar (h, w).
+
+    Sorts by orientation (landscape / portrait), then by area, then chunks: neighbours in that
+    order pad little against each other. Returns batches of positions into ``sizes``.
+    """
+    order = sorted(range(len(sizes)),
+                   key=lambda i: (sizes[i][0] > sizes[i][1], sizes[i][0] * sizes[i][1], sizes[i]))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class PoolSampler(torch.utils.data.Sampler):
+    """Yields this rank's pools (lists of dataset indices) for one epoch, from ``start_pool`` on.
+
+    Use as ``batch_sampler`` of a DataLoader: each loaded "batch" is one pool.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, pool_batches: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"global batch size {batch_size} must be divisible by the "
+                             f"number of processes {world_size}")
+        if num_images < batch_size * pool_batches:
+            raise ValueError(f"{num_images} images are fewer than one pool "
+                             f"({pool_batches} batches of {batch_size}); lower --batch-size")
+        self.num_images, self.batch_size, self.pool_batches = num_images, batch_size, pool_batches
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_pool = 0, 0
+
+    def set_epoch(self, epoch: int, start_pool: int = 0) -> None:
+        self.epoch, self.start_pool = epoch, start_pool
+
+    def __len__(self) -> int:
+        return self.num_images // (self.batch_size * self.pool_batches) - self.start_pool
+
+    def __iter__(self):
+        pools = epoch_pools(self.num_images, self.batch_size, self.pool_batches, self.seed,
+                            self.epoch)
+        for pool in pools[self.start_pool:]:
+            yield shard(pool, self.rank, self.world_size)

@@ -1,0 +1,1 @@
+"""Model pieces: backbone, position encodings, transformer, DETR, matcher, criterion, predictor."""

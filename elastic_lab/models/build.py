@@ -1,0 +1,56 @@
+"""Build the model of a run from plain options (stored in checkpoints as a dict)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .detr import DetrOptions, build_detr
+from .elastic_detr import ElasticDETR
+from .scale_predictor import ScalePredictor
+
+MODES = ("fixed", "multiscale", "elastic")
+
+
+@dataclass
+class ModelOptions:
+    """Everything needed to rebuild a model: detector, predictor and the resize settings."""
+
+    mode: str = "fixed"
+    base_size: int = 256
+    max_size: int | None = None       # cap on the long side at phi = 1 (None: uncapped)
+    tau_min: float = 0.5
+    tau_max: float = 1.5
+    thumb_size: int = 64              # long side of the predictor's thumbnail
+    predictor_d_model: int = 64
+    predictor_layers: int = 2
+    predictor_weights: str | None = None
+    detr: DetrOptions = field(default_factory=DetrOptions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model options {sorted(unknown)}")
+        d = dict(d)
+        detr = DetrOptions(**d.pop("detr", {}))
+        return cls(detr=detr, **d)
+
+
+def build_model(opts: ModelOptions, num_classes: int) -> ElasticDETR:
+    """Detector (+ ScalePredictor in elastic mode) wrapped in ElasticDETR."""
+    if opts.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {opts.mode!r}")
+    if not 0 < opts.tau_min <= opts.tau_max:
+        raise ValueError(f"need 0 < tau_min <= tau_max, got {opts.tau_min}, {opts.tau_max}")
+    detector = build_detr(opts.detr, num_classes)
+    predictor = None
+    if opts.mode == "elastic":
+        predictor = ScalePredictor(opts.tau_min, opts.tau_max, opts.thumb_size,
+                                   opts.predictor_d_model, num_layers=opts.predictor_layers,
+                                   weights=opts.predictor_weights)
+    return ElasticDETR(detector, predictor, opts.base_size, opts.max_size, opts.tau_min,
+                       opts.tau_max)
