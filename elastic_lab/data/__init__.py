@@ -1,0 +1,1 @@
+"""Data sets: synthetic shapes (``synth``), COCO-format loading (``coco``), COCO subsets (``subset``)."""
