@@ -54,3 +54,27 @@ def build_model(opts: ModelOptions, num_classes: int) -> ElasticDETR:
                                    weights=opts.predictor_weights)
     return ElasticDETR(detector, predictor, opts.base_size, opts.max_size, opts.tau_min,
                        opts.tau_max)
+
+
+def load_model(path, device: str | None = "cpu") -> tuple[ElasticDETR, dict]:
+    """Rebuild a model from an elastic-lab checkpoint (weights_only loading); eval mode.
+
+    Returns (model, checkpoint dict). Raises CheckpointError naming the file when the file is
+    not a usable model checkpoint.
+    """
+    import torch
+
+    from ..checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("model", "model_options", "categories") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a model checkpoint (missing {', '.join(missing)})")
+    try:
+        model = build_model(ModelOptions.from_dict(ckpt["model_options"]),
+                            len(ckpt["categories"]))
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored options: {exc}") from exc
+    model.eval()
+    return model.to(torch.device(device) if device else "cpu"), ckpt

@@ -1,0 +1,161 @@
+"""Evaluation: COCO AP (pycocotools), GFLOPs of what ran, latency, and scale statistics.
+
+``elastic-lab eval --checkpoint CKPT --data DIR --split val [--scale F] [--json OUT]``.
+GFLOPs are counted with FlopCounterMode (flops.py) per processed size (memoised: the cost of
+the detector depends only on its input size) plus, for elastic models, the predictor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from .data.coco import CocoDetection, boxes_to_coco, collate_fn
+from .flops import count_flops, measure_latency_ms
+from .models.build import load_model
+from .models.elastic_detr import ElasticDETR
+from .resize import pad_batch
+from .runtime import add_device_arguments, resolve_device, split_paths
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class FlopTable:
+    """GFLOPs of the detector per processed (h, w) and of the predictor per thumbnail, memoised."""
+
+    def __init__(self, model: ElasticDETR):
+        self.model = model
+        self._det: dict[tuple[int, int], float] = {}
+        self._pred: dict[tuple[int, int], float] = {}
+
+    def detector(self, h: int, w: int) -> float:
+        if (h, w) not in self._det:
+            p = next(self.model.parameters())
+            x = torch.zeros(1, 3, h, w, device=p.device)
+            mask = torch.zeros(1, h, w, dtype=torch.bool, device=p.device)
+            self._det[(h, w)] = count_flops(lambda: self.model.detector(x, mask)) / 1e9
+        return self._det[(h, w)]
+
+    def predictor(self, h: int, w: int) -> float:
+        """Predictor GFLOPs for an original image of (h, w) (its thumbnail depends on that only)."""
+        if self.model.predictor is None:
+            return 0.0
+        if (h, w) not in self._pred:
+            image = torch.zeros(3, h, w, device=next(self.model.parameters()).device)
+            self._pred[(h, w)] = count_flops(lambda: self.model.predictor([image])) / 1e9
+        return self._pred[(h, w)]
+
+
+@torch.no_grad()
+def run_inference(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
+                  scale: float | None = None, workers: int = 0, progress: bool = True
+                  ) -> list[dict]:
+    """Detections for every image: {"image_id", "scores", "labels", "boxes" (xyxy px), "phi", "size"}."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn,
+                                         num_workers=workers)
+    results = []
+    for images, targets in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
+        images = [im.to(device) for im in images]
+        phi = torch.full((len(images),), float(scale)) if scale is not None else None
+        dets, out = model.detect(images, phi)
+        for t, d, p, s in zip(targets, dets, out["phi"].tolist(), out["image_sizes"].tolist()):
+            results.append({"image_id": int(t["image_id"]), **{k: v.cpu() for k, v in d.items()},
+                            "phi": p, "size": tuple(s),
+                            "orig_size": tuple(t["orig_size"].tolist())})
+    return results
+
+
+def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+    """COCOeval bbox AP, AP50, AP75, APs, APm, APl of detections in original pixels."""
+    dets = []
+    for r in results:
+        xywh = r["boxes"].clone()
+        xywh[:, 2:] -= xywh[:, :2]
+        for box, score, label in zip(xywh.tolist(), r["scores"].tolist(), r["labels"].tolist()):
+            dets.append({"image_id": r["image_id"], "category_id":
+                         dataset.label_to_cat_id[label], "bbox": box, "score": score})
+    if not dets:
+        return {k: 0.0 for k in COCO_KEYS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = dataset.coco.loadRes(dets)
+        ev = COCOeval(dataset.coco, coco_dt, "bbox")
+        ev.params.imgIds = [r["image_id"] for r in results]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(max(v, 0.0)) for k, v in zip(COCO_KEYS, ev.stats[:6])}
+
+
+def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
+             scale: float | None = None, latency_images: int = 20, progress: bool = True
+             ) -> dict:
+    """AP metrics + gflops_per_image + latency_ms + mean_scale (+ elastic statistics)."""
+    model.eval()
+    results = run_inference(model, dataset, batch_size, scale, progress=progress)
+    metrics = coco_metrics(dataset, results)
+    flops = FlopTable(model)
+    phis = np.array([r["phi"] for r in results])
+    det = [flops.detector(*r["size"]) for r in results]
+    pred = [flops.predictor(*r["orig_size"]) for r in results] \
+        if model.predictor is not None and scale is None else []
+    base = [flops.detector(*model.sizes([r["orig_size"]], torch.ones(1))[0]) for r in results]
+    total = np.array(det) + (np.array(pred) if pred else 0.0)
+    metrics.update({
+        "gflops_per_image": float(total.mean()),
+        "detector_gflops": float(np.mean(det)),
+        "predictor_gflops": float(np.mean(pred)) if pred else 0.0,
+        "gflops_phi1": float(np.mean(base)),
+        "compute_saved": float(1 - total.mean() / np.mean(base)),
+        "mean_scale": float(phis.mean()),
+        "scale_std": float(phis.std()),
+        "mean_processed_pixels": float(np.mean([h * w for h, w in (r["size"] for r in results)])),
+        "num_images": len(results),
+        "mode": "elastic" if model.predictor is not None and scale is None else "fixed-scale",
+    })
+    hist, edges = np.histogram(phis, bins=10, range=(model.tau_min, model.tau_max))
+    metrics["phi_histogram"] = {"counts": hist.tolist(), "edges": edges.tolist()}
+    n = min(latency_images, len(dataset))
+    if n:
+        lat = [measure_latency_ms(lambda im=dataset[i][0]: model.detect(
+            [im.to(next(model.parameters()).device)],
+            None if scale is None else torch.full((1,), float(scale))), warmup=1, repeats=3)
+            for i in range(n)]
+        metrics["latency_ms"] = float(np.median(lat))
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="COCO-format folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--scale", type=float, default=None,
+                   help="force this phi for every image (default: 1 for fixed/multiscale "
+                        "models, predicted for elastic ones)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--latency-images", type=int, default=20,
+                   help="images timed one by one for the median latency")
+    p.add_argument("--json", default=None, help="write the metrics to this file")
+    add_device_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, ckpt = load_model(args.checkpoint, resolve_device(args.device))
+    image_dir, ann = split_paths(args.data, args.split)
+    dataset = CocoDetection(image_dir, ann, categories=ckpt["categories"])
+    metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
+    metrics.update({"checkpoint": str(args.checkpoint), "split": args.split})
+    text = json.dumps(metrics, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
