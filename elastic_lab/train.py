@@ -79,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
     p.add_argument("--backbone-weights", default=None,
                    help="'imagenet' for torchvision's ImageNet weights (detector and predictor)")
+    p.add_argument("--freeze-stem", action="store_true",
+                   help="freeze the backbone's conv1 and layer1 (DETR's choice; faster on CPU)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (and checkpoint) after this much training time")
     p.add_argument("--num-queries", type=int, default=30)
     p.add_argument("--dec-layers", type=int, default=3)
     p.add_argument("--enc-layers", type=int, default=2)
@@ -107,7 +111,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOpti
     """Split the command line into model, optimisation and loss options."""
     detr = DetrOptions(backbone=args.backbone, backbone_weights=args.backbone_weights,
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
-                       num_decoder_layers=args.dec_layers, num_queries=args.num_queries)
+                       num_decoder_layers=args.dec_layers, num_queries=args.num_queries, freeze_stem=args.freeze_stem)
     model = ModelOptions(mode=args.mode, base_size=args.base_size, max_size=args.max_size,
                          tau_min=args.tau_min, tau_max=args.tau_max, thumb_size=args.thumb_size,
                          predictor_weights=args.backbone_weights, detr=detr)
@@ -248,6 +252,7 @@ def train(args: argparse.Namespace) -> Path:
         pending = [(pos, torch.tensor(phi) if phi is not None else None)
                    for pos, phi in state["pending_plan"]]
     bad, t_log, n_img = 0, time.perf_counter(), 0
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     bar = tqdm(total=total, initial=step, desc=f"train {model_opts.mode}", disable=rank != 0,
                dynamic_ncols=True)
     model.train()
@@ -268,6 +273,8 @@ def train(args: argparse.Namespace) -> Path:
                                         opts.seed, step)
             pending = None
             for b, (positions, phi) in enumerate(plan):
+                if deadline is not None and time.perf_counter() > deadline:
+                    total = step
                 if step >= total:
                     checkpoint(epoch, pool_idx, plan[b:])
                     done = True

@@ -30,6 +30,7 @@ class DetrOptions:
     dim_feedforward: int = 512
     num_queries: int = 30
     anchor_size: float = 0.1          # side of the grid anchors, fraction of the image
+    freeze_stem: bool = False         # freeze conv1 + layer1 (as DETR does)
 
 
 def grid_anchors(mask: Tensor, anchor_size: float) -> Tensor:
@@ -93,7 +94,8 @@ class DETR(nn.Module):
 
 def build_detr(options: DetrOptions, num_classes: int) -> DETR:
     """Build the detector from its options."""
-    backbone = Backbone(options.backbone, options.backbone_weights, options.return_layer)
+    backbone = Backbone(options.backbone, options.backbone_weights, options.return_layer,
+                        options.freeze_stem)
     transformer = TwoStageTransformer(
         num_classes, options.d_model, options.nhead, options.num_encoder_layers,
         options.num_decoder_layers, options.dim_feedforward, options.num_queries)
