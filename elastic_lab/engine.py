@@ -78,9 +78,10 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
         phi = policy.tau_min + (policy.tau_max - policy.tau_min) * torch.rand(n, generator=g)
     if policy.mode == "multiscale":  # one phi per batch (grouped by shape at phi = 1)
         batches = group_by_size(model.sizes(orig, torch.ones(n)), batch_size)
-        return [(b, phi[i].repeat(len(b))) for i, b in enumerate(batches)]
-    batches = group_by_size(model.sizes(orig, phi), batch_size)
-    return [(b, phi[b]) for b in batches]
+        plan = [(b, phi[i].repeat(len(b))) for i, b in enumerate(batches)]
+    else:
+        plan = [(b, phi[b]) for b in group_by_size(model.sizes(orig, phi), batch_size)]
+    return [plan[i] for i in torch.randperm(len(plan), generator=g).tolist()]
 
 
 def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float],

@@ -47,9 +47,9 @@ class TrainOptions:
     warmup_steps: int = 100
     lr_drop: float | None = None
     seed: int = 0
-    pool_batches: int = 4
+    pool_batches: int = 24
     log_every: int = 10
-    checkpoint_every: int = 25
+    checkpoint_every: int = 1
     warmup_epochs: int = 0
     explore_noise: float = 0.0
     max_bad_steps: int = 5
@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-layers", type=int, default=2)
     p.add_argument("--hidden-dim", type=int, default=128)
     p.add_argument("--thumb-size", type=int, default=64, help="predictor thumbnail long side")
-    p.add_argument("--pool-batches", type=int, default=4,
+    p.add_argument("--pool-batches", type=int, default=24,
                    help="batches loaded together and grouped by processed size")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="elastic: epochs with random phi for the detector")
@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boundary-small", type=float, default=32.0, help="b_s in pixels")
     p.add_argument("--boundary-large", type=float, default=96.0, help="b_l in pixels")
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--checkpoint-every", type=int, default=25, help="pools between checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="pools between checkpoints")
     p.add_argument("--max-bad-steps", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -208,6 +208,7 @@ def train(args: argparse.Namespace) -> Path:
                           scale=opts.lambda_scale, dist_w=opts.lambda_dist)
     optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.lr_backbone or opts.lr),
                                   weight_decay=opts.weight_decay)
+    opts.pool_batches = max(1, min(opts.pool_batches, len(dataset) // opts.batch_size))
     sampler = PoolSampler(len(dataset), opts.batch_size, opts.pool_batches, opts.seed, rank, world)
     steps_per_epoch = len(sampler) * opts.pool_batches
     total = opts.max_steps or steps_per_epoch * opts.epochs

@@ -9,6 +9,7 @@ order, and each rank of a ``torchrun`` job takes its own shard of every pool.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -27,14 +28,33 @@ def shard(pool: list[int], rank: int, world_size: int) -> list[int]:
 
 
 def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Split positions 0..n-1 into batches of ``batch_size`` with similar (h, w).
+    """Split positions 0..n-1 into batches of ``batch_size`` that pad little when batched.
 
-    Sorts by orientation (landscape / portrait), then by area, then chunks: neighbours in that
-    order pad little against each other. Returns batches of positions into ``sizes``.
+    Greedy: the largest remaining image seeds a batch; images are added one at a time, each
+    time the one that adds the fewest padded pixels to the batch's (max h) x (max w) canvas.
+    Deterministic (ties go to the larger, then the earlier image). Returns batches of
+    positions into ``sizes``, largest first.
     """
-    order = sorted(range(len(sizes)),
-                   key=lambda i: (sizes[i][0] > sizes[i][1], sizes[i][0] * sizes[i][1], sizes[i]))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    hw = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    area = hw[:, 0] * hw[:, 1]
+    left = np.ones(len(hw), dtype=bool)
+    batches = []
+    while left.any():
+        cand = np.flatnonzero(left)
+        seed = int(cand[np.lexsort((-cand, area[cand]))[-1]])
+        left[seed] = False
+        batch, H, W, used = [seed], int(hw[seed, 0]), int(hw[seed, 1]), int(area[seed])
+        while len(batch) < batch_size and left.any():
+            cand = np.flatnonzero(left)
+            nH, nW = np.maximum(H, hw[cand, 0]), np.maximum(W, hw[cand, 1])
+            added_padding = (len(batch) + 1) * nH * nW - (used + area[cand]) \
+                - (len(batch) * H * W - used)
+            j = int(cand[np.lexsort((cand, -area[cand], added_padding))[0]])
+            left[j] = False
+            batch.append(j)
+            H, W, used = max(H, int(hw[j, 0])), max(W, int(hw[j, 1])), used + int(area[j])
+        batches.append(batch)
+    return batches
 
 
 class PoolSampler(torch.utils.data.Sampler):

@@ -69,7 +69,7 @@ class DETR(nn.Module):
         self.num_classes = num_classes
         self.anchor_size = anchor_size
         d = transformer.d_model
-        self.input_proj = nn.Sequential(nn.Conv2d(backbone.num_channels, d, 1), nn.GroupNorm(32, d))
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, 1)
         self.position = PositionEmbeddingSine(d // 2)
 
     @property

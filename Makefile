@@ -1,0 +1,49 @@
+# elastic-lab: `make demo` (the app on the shipped checkpoint) and `make test` (the whole suite).
+# Both create .venv when it is missing and install the project into it.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/synth
+
+.PHONY: demo test install predict-demo bench lab checkpoints data lint clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch/torchvision first, pinned to the pair that is on these machines' disk (docs: README)
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python app.py --host 127.0.0.1 --port 7860
+
+predict-demo: $(STAMP)
+	$(BIN)/elastic-lab predict --checkpoint checkpoints/elastic_synth.pt examples/*.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+data: $(STAMP)
+	$(BIN)/elastic-lab synth --out $(DATA) --train 2000 --val 300 --test 300 --seed 0
+
+checkpoints: $(STAMP)
+	bash scripts/make_checkpoints.sh
+
+bench: $(STAMP)
+	$(BIN)/python scripts/benchmark_speed.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(BIN)/ruff check elastic_lab tests app.py scripts
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

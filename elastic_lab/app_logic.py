@@ -1,0 +1,422 @@
+"""The demo app's logic without the UI (``app.py`` holds the Gradio layout).
+
+Everything here is plain Python and testable without a server:
+
+* ``open_upload`` validates an uploaded file with Pillow (not an image, corrupt or truncated,
+  decompression-bomb sized, too small, extreme aspect ratio) and returns upright 8-bit RGB,
+  with notes on what was converted (16-bit, CMYK, alpha, palette, EXIF rotation, animation).
+* ``DetectorService`` keeps the loaded models (one per checkpoint), their FLOP and latency
+  tables, and answers ``detect`` and ``sweep`` requests.
+* ``draw_detections``, ``summary_markdown`` and ``sweep_figure`` turn results into what the
+  page shows; ``write_result_json`` writes the downloadable JSON.
+
+Latency is measured per processed size and memoised (``LatencyTable``, the twin of
+``evaluate.FlopTable``): the first image at a new size pays a few extra forward passes, every
+later one pays nothing, so a ``/detect`` call costs about one inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from .evaluate import FlopTable
+from .flops import measure_latency_ms
+from .models.build import load_model
+from .models.elastic_detr import ElasticDETR
+from .predict import image_tensor, predict_image, scale_sweep, to_rgb
+from .resize import processed_size
+
+MAX_PIXELS = 40_000_000            # refuse larger images before decoding them (decompression bombs)
+MIN_SIDE = 16                      # px; smaller images carry nothing to detect
+MAX_PROCESSED_PIXELS = 4_000_000   # the detector's input at tau_max (catches 1 x 5000 strips)
+MAX_FILE_SIZE = "25mb"             # upload limit passed to gradio's launch(max_file_size=...)
+SWEEP_POINTS = 9
+DISPLAY_SIDE = (512, 1024)         # the drawn image's long side is brought into this range
+
+# one colour per class index (tab10), as RGB
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+class InputImageError(ValueError):
+    """An uploaded file cannot be used as an image; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- input validation
+@dataclass
+class Upload:
+    """A validated upload: upright RGB pixels plus what was done to get them."""
+
+    image: Image.Image
+    name: str
+    format: str
+    mode: str
+    stored_size: tuple[int, int]           # (width, height) as stored in the file
+    notes: list[str] = field(default_factory=list)
+
+
+def _describe_conversion(im: Image.Image) -> list[str]:
+    """Human-readable notes on how ``to_rgb`` will change ``im`` (before converting it)."""
+    notes = []
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        notes.append(f"EXIF orientation {orientation} applied (photo turned upright)")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append(f"{im.mode} pixels (high bit depth) stretched to 8-bit")
+    elif im.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        notes.append("transparency flattened onto white")
+    elif im.mode in ("L", "1"):
+        notes.append("grayscale repeated on the three RGB channels")
+    n_frames = getattr(im, "n_frames", 1)
+    if n_frames > 1:
+        notes.append(f"first frame of {n_frames} used")
+    return notes
+
+
+def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE
+                ) -> Upload:
+    """Open and validate an uploaded image file; raise InputImageError with a clear message.
+
+    The header is checked (format, size) before any pixel is decoded, so a decompression bomb
+    costs nothing; then the file is verified and fully decoded (truncated or corrupt data
+    fail here), converted to upright RGB (``predict.to_rgb``) and checked for a minimum size.
+    """
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise InputImageError(f"{name}: no such file was uploaded")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, mode, (w, h) = im.format or "?", im.mode, im.size
+                if w * h > max_pixels:
+                    raise InputImageError(
+                        f"{name}: {w} x {h} px = {w * h / 1e6:.0f} megapixels is more than this "
+                        f"app accepts ({max_pixels / 1e6:.0f} MP); downscale it first")
+                im.verify()  # structure and checksums (PNG CRCs) without decoding
+            with Image.open(path) as im:
+                im.load()
+                notes = _describe_conversion(im)
+                image = to_rgb(im)
+    except InputImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise InputImageError(
+            f"{name}: not an image file Pillow can read (try PNG, JPEG, WebP, BMP, TIFF or GIF)"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise InputImageError(f"{name}: too many pixels ({exc}); downscale it first") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise InputImageError(f"{name}: the {fmt} file is corrupt or truncated ({exc})") from exc
+    if min(image.size) < min_side:
+        raise InputImageError(
+            f"{name}: {image.width} x {image.height} px is too small; the detector needs at "
+            f"least {min_side} px on each side")
+    return Upload(image, name, fmt, mode, (w, h), notes)
+
+
+def check_processed_size(model: ElasticDETR, width: int, height: int,
+                         limit: int = MAX_PROCESSED_PIXELS) -> None:
+    """Refuse images whose detector input at tau_max would exceed ``limit`` pixels.
+
+    The base size fixes the short side, so only extreme aspect ratios (long thin strips)
+    reach the limit; the message says how to fix it.
+    """
+    h, w = processed_size(height, width, model.tau_max, model.base_size, model.max_size,
+                          model.stride)
+    if h * w > limit:
+        raise InputImageError(
+            f"a {width} x {height} px image (aspect ratio 1:{max(width, height) / min(width, height):.0f}) "
+            f"would reach the detector as {w} x {h} px at phi = {model.tau_max:g}, more than "
+            f"{limit / 1e6:.0f} megapixels; crop it to a less elongated shape")
+
+
+# --------------------------------------------------------------------------- timing
+class LatencyTable:
+    """Measured milliseconds of the detector per processed (h, w) and of the predictor, memoised.
+
+    Each entry is the median of ``repeats`` timed calls after ``warmup`` untimed ones, on a
+    blank input of that size (a DETR's compute does not depend on pixel values).
+    """
+
+    def __init__(self, model: ElasticDETR, warmup: int = 1, repeats: int = 3):
+        self.model, self.warmup, self.repeats = model, warmup, repeats
+        self._det: dict[tuple[int, int], float] = {}
+        self._pred: dict[tuple[int, int], float] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def detector(self, h: int, w: int) -> float:
+        if (h, w) not in self._det:
+            x = torch.zeros(1, 3, h, w, device=self.device)
+            mask = torch.zeros(1, h, w, dtype=torch.bool, device=self.device)
+            self._det[(h, w)] = measure_latency_ms(lambda: self.model.detector(x, mask),
+                                                   self.warmup, self.repeats, self.device)
+        return self._det[(h, w)]
+
+    @torch.inference_mode()
+    def predictor(self, h: int, w: int) -> float:
+        """Predictor time for an original image of (h, w) (thumbnail resize included)."""
+        if self.model.predictor is None:
+            return 0.0
+        if (h, w) not in self._pred:
+            image = torch.zeros(3, h, w, device=self.device)
+            self._pred[(h, w)] = measure_latency_ms(lambda: self.model.predictor([image]),
+                                                    self.warmup, self.repeats, self.device)
+        return self._pred[(h, w)]
+
+
+# --------------------------------------------------------------------------- the model service
+@dataclass
+class LoadedModel:
+    """One checkpoint, loaded: the model, its categories and its memo tables."""
+
+    model: ElasticDETR
+    categories: list[dict]
+    mode: str
+    flops: FlopTable
+    latency: LatencyTable
+
+
+def sweep_scales(tau_min: float, tau_max: float, n: int = SWEEP_POINTS) -> list[float]:
+    """``n`` evenly spaced scale factors from tau_min to tau_max (rounded to 1e-4)."""
+    return [round(float(s), 4) for s in np.linspace(tau_min, tau_max, n)]
+
+
+class DetectorService:
+    """Loads checkpoints on demand (kept loaded) and runs detection and scale sweeps.
+
+    ``checkpoints`` maps the names shown in the app to file paths; only those can be used.
+    Calls are serialised by a lock (one model, one CPU).
+    """
+
+    def __init__(self, checkpoints: dict[str, str | Path], device: str | torch.device = "cpu"):
+        if not checkpoints:
+            raise ValueError("DetectorService needs at least one checkpoint")
+        self.checkpoints = {name: Path(p) for name, p in checkpoints.items()}
+        self.device = torch.device(device)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.checkpoints)
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model of checkpoint ``name`` (loads it on first use; CheckpointError)."""
+        if name not in self.checkpoints:
+            raise ValueError(f"unknown checkpoint {name!r}; choose one of {self.names}")
+        with self._lock:
+            if name not in self._loaded:
+                model, ckpt = load_model(self.checkpoints[name], str(self.device))
+                mode = ckpt["model_options"].get("mode", "?")
+                self._loaded[name] = LoadedModel(model, ckpt["categories"], mode,
+                                                 FlopTable(model), LatencyTable(model))
+            return self._loaded[name]
+
+    def describe(self, name: str) -> str:
+        """One line about a checkpoint: mode, classes and phi range."""
+        m = self.get(name)
+        kind = ("elastic: a ScalePredictor picks phi per image" if m.model.predictor is not None
+                else f"{m.mode}: no predictor, phi = 1 unless forced")
+        classes = ", ".join(c["name"] for c in m.categories)
+        return (f"**{name}** ({kind}); phi range [{m.model.tau_min:g}, {m.model.tau_max:g}], "
+                f"base short side {m.model.base_size} px; classes: {classes}")
+
+    def detect(self, name: str, upload: Upload, threshold: float = 0.3,
+               phi: float | None = None, measure_latency: bool = True) -> dict:
+        """predict_image plus latency (memoised per size), end-to-end time and input notes."""
+        m = self.get(name)
+        image = upload.image
+        check_processed_size(m.model, image.width, image.height)
+        if phi is not None:
+            check_phi(m.model, phi)
+        with self._lock:
+            start = time.perf_counter()
+            result = predict_image(m.model, m.categories, image, threshold, phi, timing=False,
+                                   flops=m.flops)
+            inference_ms = (time.perf_counter() - start) * 1e3
+            if measure_latency:
+                h0, w0 = image.height, image.width
+                uses_predictor = result["phi_source"] == "predicted"
+                result["latency_ms"] = (m.latency.detector(*result["processed_size"])
+                                        + (m.latency.predictor(h0, w0) if uses_predictor else 0.0))
+                result["latency_ms_phi1"] = m.latency.detector(*result["base_size"])
+        result["inference_ms"] = inference_ms
+        return {"image": upload.name, "checkpoint": name, "mode": m.mode,
+                "tau_range": [m.model.tau_min, m.model.tau_max], "threshold": float(threshold),
+                "input_format": upload.format, "input_mode": upload.mode,
+                "input_notes": upload.notes, **result}
+
+    def sweep(self, name: str, upload: Upload, threshold: float = 0.3,
+              phi: float | None = None, n: int = SWEEP_POINTS) -> dict:
+        """scale_sweep over ``n`` scales in [tau_min, tau_max], plus the phi to mark.
+
+        The marked phi is ``phi`` when forced, else the predictor's choice (1 without one).
+        """
+        m = self.get(name)
+        image = upload.image
+        check_processed_size(m.model, image.width, image.height)
+        if phi is not None:
+            check_phi(m.model, phi)
+        scales = sweep_scales(m.model.tau_min, m.model.tau_max, n)
+        with self._lock:
+            rows = scale_sweep(m.model, image, scales, threshold, m.flops)
+            if phi is None:
+                x = image_tensor(image).to(self.device)
+                marked, source = float(m.model.predict_phi([x])[0]), (
+                    "predicted" if m.model.predictor is not None else "fixed")
+            else:
+                marked, source = float(phi), "forced"
+        return {**rows, "marked_phi": marked, "phi_source": source, "threshold": float(threshold)}
+
+
+def check_phi(model: ElasticDETR, phi: float) -> None:
+    """A forced phi must lie in the model's [tau_min, tau_max]."""
+    if not (model.tau_min - 1e-6 <= phi <= model.tau_max + 1e-6) or math.isnan(phi):
+        raise InputImageError(f"forced phi = {phi:g} is outside this model's range "
+                              f"[{model.tau_min:g}, {model.tau_max:g}]")
+
+
+# --------------------------------------------------------------------------- presentation
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def display_scale(width: int, height: int, side: tuple[int, int] = DISPLAY_SIDE) -> float:
+    """Factor that brings the long side into [side[0], side[1]] (1 when it already is)."""
+    long = max(width, height)
+    if long > side[1]:
+        return side[1] / long
+    if long < side[0]:
+        return side[0] / long
+    return 1.0
+
+
+def draw_detections(image: Image.Image, detections: list[dict], categories: list[dict]
+                    ) -> Image.Image:
+    """The image (resized for display, see ``display_scale``) with boxes, labels and scores.
+
+    ``detections`` are in original pixels ({"label", "category_id", "score", "box" x1y1x2y2});
+    the colour follows the class index in ``categories``.
+    """
+    s = display_scale(image.width, image.height)
+    size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
+    canvas = image.convert("RGB") if s == 1.0 else image.resize(
+        size, Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(canvas)
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    font = _font(max(11, round(max(canvas.size) / 60)))
+    line = max(2, round(max(canvas.size) / 400))
+    for d in sorted(detections, key=lambda d: d["score"]):  # best drawn last, on top
+        colour = PALETTE[index.get(d["category_id"], 0) % len(PALETTE)]
+        x1, y1, x2, y2 = (v * s for v in d["box"])
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+        text = f"{d['label']} {d['score']:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
+        tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
+        ty = y1 - th if y1 - th >= 0 else y1
+        draw.rectangle([x1, ty, x1 + tw, ty + th], fill=colour)
+        draw.text((x1 + 2 - tx0, ty + 2 - ty0), text, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def summary_markdown(result: dict) -> str:
+    """The numbers of one detection in a few lines of Markdown."""
+    ph, pw = result["processed_size"]
+    bh, bw = result["base_size"]
+    source = {"predicted": "chosen by the scale predictor", "forced": "forced by you",
+              "fixed": "this model has no predictor"}.get(result["phi_source"],
+                                                          result["phi_source"])
+    saved = 100 * result["compute_saved"]
+    lines = [
+        f"### phi = {result['phi']:.2f} ({source})",
+        f"- **resolution**: the detector saw **{pw} x {ph} px** (base at phi = 1: {bw} x {bh} px; "
+        f"your image: {result['width']} x {result['height']} px)",
+        f"- **compute**: {result['gflops']:.2f} GFLOPs (predictor {result['gflops_predictor']:.2f} "
+        f"included) vs {result['gflops_phi1']:.2f} GFLOPs at phi = 1: "
+        + (f"**{saved:.0f}% saved**" if saved >= 0 else f"**{-saved:.0f}% more** (up-scaled)"),
+    ]
+    if "latency_ms" in result:
+        lines.append(f"- **latency** (measured, median per input size): {result['latency_ms']:.0f} ms "
+                     f"vs {result['latency_ms_phi1']:.0f} ms at phi = 1; this request's inference "
+                     f"took {result['inference_ms']:.0f} ms")
+    n = len(result["detections"])
+    lines.append(f"- **detections** with score >= {result['threshold']:.2f}: {n}")
+    if result.get("input_notes"):
+        lines.append(f"- **input**: {'; '.join(result['input_notes'])}")
+    return "\n".join(lines)
+
+
+def sweep_figure(sweep: dict) -> go.Figure:
+    """Plotly figure of a scale sweep: detections, mean confidence and GFLOPs against phi.
+
+    ``sweep`` is ``DetectorService.sweep``'s dict (lists "phi", "num_detections",
+    "mean_score", "gflops"; "marked_phi", "phi_source"); the marked phi is a dashed vertical
+    line on every panel.
+    """
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=(f"detections with score >= {sweep['threshold']:.2f}",
+                                        "mean confidence of those", "GFLOPs of the detector"))
+    series = (("num_detections", "detections"), ("mean_score", "mean confidence"),
+              ("gflops", "GFLOPs"))
+    for row, (key, label) in enumerate(series, start=1):
+        fig.add_trace(go.Scatter(x=sweep["phi"], y=sweep[key], mode="lines+markers", name=label,
+                                 hovertemplate="phi %{x:.2f}: %{y:.3g}<extra></extra>"),
+                      row=row, col=1)
+    fig.add_vline(x=sweep["marked_phi"], line_dash="dash", line_color="crimson", row="all",
+                  col=1)
+    fig.add_annotation(x=sweep["marked_phi"], y=1.0, xref="x", yref="paper", yanchor="bottom",
+                       showarrow=False, font={"color": "crimson"},
+                       text=f"phi = {sweep['marked_phi']:.2f} ({sweep['phi_source']})")
+    fig.update_xaxes(title_text="scale factor phi", row=3, col=1)
+    fig.update_layout(height=560, showlegend=False, margin={"l": 50, "r": 20, "t": 60, "b": 40},
+                      title={"text": "Scale sweep: the same image at every phi", "y": 0.99})
+    return fig
+
+
+def write_result_json(result: dict, out_dir: str | Path) -> Path:
+    """Write ``result`` as indented JSON named after the image into ``out_dir``; return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(str(result.get("image", "image"))).stem or "image"
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60]
+    path = out_dir / f"detections_{safe}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def list_checkpoints(folder: str | Path, extra: list[str | Path] = ()) -> dict[str, Path]:
+    """{display name: path} for ``extra`` (first, as given) and every ``*.pt`` in ``folder``."""
+    found: dict[str, Path] = {}
+    resolved = set()
+    for p in [*map(Path, extra), *sorted(Path(folder).glob("*.pt"))]:
+        key = p.resolve()
+        if key not in resolved:
+            resolved.add(key)
+            found[str(p)] = p
+    return found

@@ -1,0 +1,199 @@
+"""Training loop, elastic joint training, evaluation and the CLI, on the synthetic set."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from elastic_lab.checkpoint import CheckpointError
+from elastic_lab.cli import main as cli
+from elastic_lab.data.coco import CocoDetection, collate_fn
+from elastic_lab.data.sampler import group_by_size
+from elastic_lab.data.synth import sample_size
+from elastic_lab.engine import train_step
+from elastic_lab.evaluate import coco_metrics
+from elastic_lab.models.build import ModelOptions, build_model, load_model
+from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
+from elastic_lab.models.matcher import HungarianMatcher
+from elastic_lab.resize import processed_size
+from elastic_lab.runtime import split_paths
+from tests.test_model import TINY
+
+SMALL = ["--hidden-dim", "32", "--enc-layers", "1", "--dec-layers", "2", "--base-size", "64",
+         "--batch-size", "4", "--pool-batches", "2", "--workers", "0", "--log-every", "1",
+         "--thumb-size", "32"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def elastic_run(synth_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("elastic_run")
+    assert cli(["train", "--data", str(synth_dir), "--out", str(run), "--mode", "elastic",
+                "--max-steps", "4", *SMALL]) == 0
+    return run
+
+
+def test_elastic_step_updates_both_networks_and_gamma(synth_dir):
+    torch.manual_seed(0)
+    ds = CocoDetection(*split_paths(synth_dir, "train"))
+    model = build_model(ModelOptions(mode="elastic", base_size=64, thumb_size=32, detr=TINY),
+                        ds.num_classes).train()
+    # boundaries scaled with the 64 px base size (32/96 px belong to base sizes ~256)
+    crit = SetCriterion(ds.num_classes, HungarianMatcher(), elastic=ElasticLossOptions(8, 24))
+    weights = weight_dict(TINY.num_decoder_layers, True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, targets = collate_fn([ds[i] for i in range(4)])
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    values, outputs = train_step(model, crit, weights, opt, images, targets, None, 0.1)
+    assert all(np.isfinite(v) for v in values.values())
+    assert values["loss_scale"] > 0 and "loss_dist" in values
+    after = model.state_dict()
+    changed = lambda prefix: any(not torch.equal(before[k], after[k])  # noqa: E731
+                                 for k in before if k.startswith(prefix))
+    assert changed("detector.") and changed("predictor.")
+    assert not torch.equal(before["log_gamma"], after["log_gamma"])
+    phi = outputs["phi"]
+    assert not phi.requires_grad
+    assert ((phi >= model.tau_min) & (phi <= model.tau_max)).all()
+
+
+def test_resize_is_detached_detection_loss_does_not_reach_predictor(synth_dir):
+    ds = CocoDetection(*split_paths(synth_dir, "train"))
+    model = build_model(ModelOptions(mode="elastic", base_size=64, thumb_size=32, detr=TINY),
+                        ds.num_classes).train()
+    images, targets = collate_fn([ds[i] for i in range(2)])
+    out = model(images)
+    crit = SetCriterion(ds.num_classes, HungarianMatcher())  # detection terms only
+    sum(crit(out, targets).values()).backward()
+    assert all(p.grad is None for p in model.predictor.parameters())
+    assert any(p.grad is not None for p in model.detector.parameters())
+
+
+def test_bucketed_pools_keep_padding_under_15_percent():
+    rng = np.random.default_rng(0)
+    padded = used = 0
+    for _ in range(10):  # ten pools of 24 batches x 8 images, elastic-like random phi
+        sizes = [processed_size(h, w, phi, 256, None, 32)
+                 for (w, h), phi in ((sample_size(rng), rng.uniform(0.5, 1.5))
+                                     for _ in range(192))]
+        for batch in group_by_size(sizes, 8):
+            assert len(batch) == 8
+            hs, ws = zip(*(sizes[i] for i in batch))
+            padded += len(batch) * max(hs) * max(ws)
+            used += sum(h * w for h, w in zip(hs, ws))
+    assert 1 - used / padded <= 0.15
+
+
+def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli(["train", "--data", str(synth_dir), "--out", str(full), "--mode", "elastic",
+                "--max-steps", "6", *SMALL]) == 0
+    assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--mode", "elastic",
+                "--max-steps", "3", *SMALL]) == 0   # stops mid-pool
+    assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--resume",
+                "--max-steps", "6", *SMALL]) == 0
+    a, b = read_metrics(full), read_metrics(part)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["phi_mean"] == pytest.approx(ra["phi_mean"], rel=1e-5)
+
+
+def test_metrics_log_elastic_statistics(elastic_run):
+    rows = read_metrics(elastic_run)
+    assert len(rows) == 4
+    for key in ("phi_mean", "phi_std", "phi_min", "phi_max", "gamma", "boundary_small_px",
+                "boundary_large_px", "bin_loc_loss", "target_alpha", "target_beta",
+                "loss_scale", "loss_dist", "loss_ce", "padding_ratio", "lr", "images_per_s"):
+        assert key in rows[-1], key
+    assert rows[-1]["boundary_large_px"] == pytest.approx(96 * rows[-1]["gamma"])
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(elastic_run, synth_dir):
+    model, ckpt = load_model(elastic_run / "checkpoint.pt")
+    assert ckpt["model_options"]["mode"] == "elastic"
+    ds = CocoDetection(*split_paths(synth_dir, "val"), categories=ckpt["categories"])
+    images = [ds[i][0] for i in range(3)]
+    again, _ = load_model(elastic_run / "checkpoint.pt")
+    d1, o1 = model.detect(images)
+    d2, o2 = again.detect(images)
+    assert torch.equal(o1["phi"], o2["phi"])
+    for a, b in zip(d1, d2):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_cocoeval_is_one_for_perfect_predictions(synth_dir):
+    ds = CocoDetection(*split_paths(synth_dir, "val"))
+    results = []
+    for i in range(len(ds)):
+        _, t = ds[i]
+        h, w = t["orig_size"].tolist()
+        b = t["boxes"].clone()
+        xyxy = torch.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h,
+                            (b[:, 0] + b[:, 2] / 2) * w, (b[:, 1] + b[:, 3] / 2) * h], 1)
+        results.append({"image_id": t["image_id"], "boxes": xyxy,
+                        "scores": torch.ones(len(b)), "labels": t["labels"]})
+    m = coco_metrics(ds, results)
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+    wrong = [{**r, "labels": (r["labels"] + 1) % ds.num_classes} for r in results]
+    assert coco_metrics(ds, wrong)["AP"] < 0.05
+
+
+def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert cli(["eval", "--checkpoint", str(elastic_run / "checkpoint.pt"), "--data",
+                str(synth_dir), "--json", str(out), "--latency-images", "2"]) == 0
+    m = json.loads(out.read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "gflops_per_image", "latency_ms",
+                "mean_scale", "predictor_gflops", "compute_saved", "phi_histogram"):
+        assert key in m, key
+    assert 0.5 <= m["mean_scale"] <= 1.5
+    assert m["gflops_per_image"] == pytest.approx(m["detector_gflops"] + m["predictor_gflops"])
+    forced = tmp_path / "forced.json"
+    assert cli(["eval", "--checkpoint", str(elastic_run / "checkpoint.pt"), "--data",
+                str(synth_dir), "--json", str(forced), "--scale", "1.0",
+                "--latency-images", "0"]) == 0
+    f = json.loads(forced.read_text())
+    assert f["mean_scale"] == 1.0 and f["gflops_per_image"] == pytest.approx(f["gflops_phi1"])
+    capsys.readouterr()
+    image = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    assert cli(["predict", "--checkpoint", str(elastic_run / "checkpoint.pt"), str(image),
+                "--json", "--threshold", "0"]) == 0
+    r = json.loads(capsys.readouterr().out)[0]
+    assert 0.5 <= r["phi"] <= 1.5 and r["detections"]
+    assert {"processed_size", "base_size", "gflops", "gflops_phi1", "latency_ms",
+            "latency_ms_phi1"} <= set(r)
+    assert r["detections"][0]["label"] in {c["name"] for c in
+                                           json.loads((synth_dir / "annotations" /
+                                                       "instances_val.json").read_text())
+                                           ["categories"]}
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, synth_dir, capsys):
+    png = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    with pytest.raises(CheckpointError, match=str(png.name)):
+        load_model(png)
+    assert cli(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 1
+    assert "instances_train.json" in capsys.readouterr().err
+    assert cli(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data",
+                str(synth_dir)]) == 1
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    import re
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    name = lambda spec: re.split(r"[<>=!\[ ]", spec.strip())[0].lower().replace("_", "-")  # noqa: E731
+    yaml = pytest.importorskip("yaml")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(map(name, pip_lines)) == sorted(map(name, wanted))
+    assert "python=3.11" in env["dependencies"]
