@@ -144,11 +144,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-images", type=int, default=20,
                    help="images timed one by one for the median latency")
     p.add_argument("--json", default=None, help="write the metrics to this file")
+    p.add_argument("--dota", action="store_true",
+                   help="--data is a dota-split folder: detect on patches, merge, and report "
+                        "DOTA VOC07 mAP and COCO AP on the full images")
+    p.add_argument("--dota-src", default=None, help="DOTA source folder (default: from the patch map)")
     add_device_arguments(p)
+
+
+def dota_metrics(model: ElasticDETR, split_dir: str, split: str, scale: float | None,
+                 src_dir: str | None = None, batch_size: int = 8) -> dict:
+    """Full-image DOTA evaluation of a model run patch by patch (dota_eval.py does the merging)."""
+    from .dota_eval import evaluate_detector_on_dota
+    from .predict import image_tensor
+
+    device = next(model.parameters()).device
+    phis: list[float] = []
+
+    def predict_fn(pil_images):
+        images = [image_tensor(im).to(device) for im in pil_images]
+        phi = None if scale is None else torch.full((len(images),), float(scale))
+        dets, out = model.detect(images, phi)
+        phis.extend(out["phi"].tolist())
+        return [(d["boxes"].cpu(), d["scores"].cpu(), d["labels"].cpu()) for d in dets]
+
+    result = evaluate_detector_on_dota(predict_fn, split_dir, split, src_dir, batch_size)
+    result["mean_scale"] = float(np.mean(phis)) if phis else None
+    result["patch_phi"] = phis
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint, resolve_device(args.device))
+    if args.dota:
+        metrics = dota_metrics(model, args.data, args.split, args.scale, args.dota_src,
+                               args.batch_size)
+        text = json.dumps(metrics, indent=2)
+        if args.json:
+            Path(args.json).write_text(text)
+        print(text)
+        return 0
     image_dir, ann = split_paths(args.data, args.split)
     dataset = CocoDetection(image_dir, ann, categories=ckpt["categories"])
     metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
