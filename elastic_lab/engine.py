@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -94,7 +95,7 @@ def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float]
         outputs = model(images, phi)
         losses = criterion(outputs, targets)
     total = sum(losses[k].float() * weights[k] for k in losses if k in weights)
-    if not torch.isfinite(total):
+    if not all_finite(total):
         optimizer.zero_grad(set_to_none=True)
         return None
     optimizer.zero_grad(set_to_none=True)
@@ -110,21 +111,55 @@ def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float]
         scaler.update()
     else:
         optimizer.step()
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["loss"] = float(total.detach())
+    names = sorted(losses)
+    flat = world_mean(torch.stack([losses[k].detach().float() for k in names] + [total.detach()]))
+    values = dict(zip(names + ["loss"], flat.tolist()))
     return values, outputs
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_finite(total: Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks skip a step together)."""
+    ok = torch.isfinite(total.detach()).float().reshape(1)
+    if _distributed():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+def world_gather(x: Tensor) -> Tensor:
+    """Concatenation of a 1-D CPU tensor over ranks (same length on every rank)."""
+    x = x.detach().cpu()
+    if not _distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)
+
+
+def world_mean(x: Tensor) -> Tensor:
+    """Mean of a tensor over ranks (identity in a single process), for logging."""
+    if _distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
 def batch_stats(outputs: dict) -> dict[str, float]:
-    """Per-batch numbers for metrics.jsonl: phi statistics and padding ratio."""
-    phi = outputs["phi"].float()
-    sizes = [tuple(s) for s in outputs["image_sizes"].tolist()]
+    """Per-batch numbers for metrics.jsonl (over the global batch under torchrun): phi
+    statistics, padding ratio and processed pixels."""
+    phi = world_gather(outputs["phi"].float().reshape(-1))
+    pad = world_mean(torch.tensor([padding_ratio(
+        [tuple(s) for s in outputs["image_sizes"].tolist()])]))
+    pixels = outputs["image_sizes"].prod(1).sum().float().cpu().reshape(1)
     stats = {"phi_mean": float(phi.mean()), "phi_std": float(phi.std()) if len(phi) > 1 else 0.0,
              "phi_min": float(phi.min()), "phi_max": float(phi.max()),
-             "padding_ratio": padding_ratio(sizes),
-             "pixels": float(sum(h * w for h, w in sizes))}
+             "padding_ratio": float(pad), "pixels": float(world_gather(pixels).sum())}
     if "scale" in outputs:
-        stats["u_values"] = outputs["scale"]["u"].detach().float().cpu().tolist()
+        stats["u_values"] = world_gather(outputs["scale"]["u"].detach().float()).tolist()
     return stats
 
 

@@ -11,10 +11,12 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
@@ -100,7 +102,17 @@ def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
              ) -> dict:
     """AP metrics + gflops_per_image + latency_ms + mean_scale (+ elastic statistics)."""
     model.eval()
-    results = run_inference(model, dataset, batch_size, scale, progress=progress)
+    if dist.is_available() and dist.is_initialized():  # torchrun: shard, gather on every rank
+        rank, world = dist.get_rank(), dist.get_world_size()
+        part = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, run_inference(model, part, batch_size, scale,
+                                                       progress=progress and rank == 0))
+        results = sorted((r for g in gathered for r in g), key=lambda r: r["image_id"])
+        if rank != 0:
+            return {}
+    else:
+        results = run_inference(model, dataset, batch_size, scale, progress=progress)
     metrics = coco_metrics(dataset, results)
     flops = FlopTable(model)
     phis = np.array([r["phi"] for r in results])
@@ -174,7 +186,11 @@ def dota_metrics(model: ElasticDETR, split_dir: str, split: str, scale: float | 
 
 
 def run(args: argparse.Namespace) -> int:
-    model, ckpt = load_model(args.checkpoint, resolve_device(args.device))
+    local_rank = 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    model, ckpt = load_model(args.checkpoint, resolve_device(args.device, local_rank))
     if args.dota:
         metrics = dota_metrics(model, args.data, args.split, args.scale, args.dota_src,
                                args.batch_size)
@@ -186,6 +202,11 @@ def run(args: argparse.Namespace) -> int:
     image_dir, ann = split_paths(args.data, args.split)
     dataset = CocoDetection(image_dir, ann, categories=ckpt["categories"])
     metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
+    if dist.is_initialized():
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     metrics.update({"checkpoint": str(args.checkpoint), "split": args.split})
     text = json.dumps(metrics, indent=2)
     if args.json:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data.coco import CocoDetection, collate_fn
-from .data.sampler import PoolSampler
+from .data.sampler import PoolSampler, shard
 from .distribution_loss import fit_beta_moments, target_beta
 from .engine import StepPolicy, batch_stats, check_finite, lr_factor, plan_pool, train_step
 from .models.build import ModelOptions, build_model
@@ -223,6 +223,8 @@ def train(args: argparse.Namespace) -> Path:
             criterion.bin_ema.load_state_dict(state["bin_ema"])
         epoch, start_pool, step = state["epoch"], state["next_pool"], state["step"]
         set_rng_state(state["rng"])
+        if rank == 0:
+            truncate_metrics(out_dir / "metrics.jsonl", step)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -270,8 +272,7 @@ def train(args: argparse.Namespace) -> Path:
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                        for t in targets]
-            plan = pending or plan_pool(model, images, opts.batch_size // world, policy,
-                                        opts.seed, step)
+            plan = pending or plan_pool(model, images, opts.batch_size, policy, opts.seed, step)
             pending = None
             for b, (positions, phi) in enumerate(plan):
                 if deadline is not None and time.perf_counter() > deadline:
@@ -280,14 +281,16 @@ def train(args: argparse.Namespace) -> Path:
                     checkpoint(epoch, pool_idx, plan[b:])
                     done = True
                     break
+                mine = shard(list(range(len(positions))), rank, world)  # this rank's share
                 result = train_step(train_model, criterion, weights, optimizer,
-                                    [images[i] for i in positions],
-                                    [targets[i] for i in positions], phi, opts.clip_norm,
+                                    [images[positions[i]] for i in mine],
+                                    [targets[positions[i]] for i in mine],
+                                    None if phi is None else phi[mine], opts.clip_norm,
                                     scaler, autocast_context(device, args.amp))
                 bad = check_finite(result, bad, opts.max_bad_steps, step)
                 scheduler.step()
                 step += 1
-                n_img += len(positions) * world
+                n_img += len(positions)
                 bar.update(1)
                 if result is None:
                     continue
@@ -313,6 +316,17 @@ def train(args: argparse.Namespace) -> Path:
     if world > 1:
         dist.barrier()
     return ckpt_path
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows written after the checkpoint a run resumes from (a killed run's tail)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def elastic_extra(model, criterion: SetCriterion, loss_opts: ElasticLossOptions) -> dict:

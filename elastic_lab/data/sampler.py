@@ -22,9 +22,9 @@ def epoch_pools(num_images: int, batch_size: int, pool_batches: int, seed: int, 
     return [order[i: i + pool] for i in range(0, num_images - pool + 1, pool)]
 
 
-def shard(pool: list[int], rank: int, world_size: int) -> list[int]:
-    """This rank's part of a global pool."""
-    return pool[rank::world_size]
+def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's part of a global batch."""
+    return batch[rank::world_size]
 
 
 def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -58,7 +58,7 @@ def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[in
 
 
 class PoolSampler(torch.utils.data.Sampler):
-    """Yields this rank's pools (lists of dataset indices) for one epoch, from ``start_pool`` on.
+    """Yields the global pools (lists of dataset indices) of one epoch, from ``start_pool`` on.
 
     Use as ``batch_sampler`` of a DataLoader: each loaded "batch" is one pool.
     """
@@ -84,5 +84,4 @@ class PoolSampler(torch.utils.data.Sampler):
     def __iter__(self):
         pools = epoch_pools(self.num_images, self.batch_size, self.pool_batches, self.seed,
                             self.epoch)
-        for pool in pools[self.start_pool:]:
-            yield shard(pool, self.rank, self.world_size)
+        yield from pools[self.start_pool:]

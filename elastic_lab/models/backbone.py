@@ -22,19 +22,22 @@ _CHANNELS = {  # channels after layer2 / layer3 / layer4
 _STRIDES = {"layer2": 8, "layer3": 16, "layer4": 32}
 
 
-def build_resnet(name: str, weights: str | None) -> nn.Module:
+def build_resnet(name: str, weights: str | None, norm_layer: type[nn.Module] | None = None
+                 ) -> nn.Module:
     """A torchvision ResNet by name; ``weights`` None (random), "imagenet" or a weights enum name.
 
-    Pretrained backbones get frozen batch norm (as in DETR); random ones train theirs.
+    By default pretrained backbones get frozen batch norm (as in DETR); random ones train theirs.
     """
     if name not in _CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_CHANNELS)}")
     if weights is None:
-        return getattr(torchvision.models, name)(weights=None)
+        return getattr(torchvision.models, name)(weights=None,
+                                                 norm_layer=norm_layer or nn.BatchNorm2d)
     enum = torchvision.models.get_model_weights(name)
     w = enum.DEFAULT if weights.lower() in ("imagenet", "default") else enum[weights]
     try:
-        return getattr(torchvision.models, name)(weights=w, norm_layer=FrozenBatchNorm2d)
+        return getattr(torchvision.models, name)(weights=w,
+                                                 norm_layer=norm_layer or FrozenBatchNorm2d)
     except Exception as exc:  # URLError, HTTPError, socket errors
         raise RuntimeError(
             f"could not load ImageNet weights {w} for {name} ({exc}). They are downloaded from "

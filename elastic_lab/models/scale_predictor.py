@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .backbone import build_resnet
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = ["ScalePredictor"]
@@ -38,8 +39,8 @@ class ScalePredictor(nn.Module):
         thumb_size: T, the thumbnail's long side in pixels (the batch is padded to T×T).
         d_model, nhead, num_layers: the head's transformer encoder (dim_ff = 4·d_model,
             dropout 0, post-norm).
-        weights: passed to ``torchvision.models.resnet18(weights=...)`` (e.g.
-            ``"IMAGENET1K_V1"``); None = random initialisation.
+        weights: "imagenet", a torchvision weights name (e.g. ``"IMAGENET1K_V1"``) or enum;
+            None = random initialisation (see backbone.build_resnet).
         frozen_bn: use ``FrozenBatchNorm2d`` in the trunk (DETR's choice for pretrained
             backbones); default trainable ``BatchNorm2d``.
     """
@@ -66,7 +67,9 @@ class ScalePredictor(nn.Module):
         self.d_model = d_model
 
         norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-        net = resnet18(weights=weights, norm_layer=norm_layer)
+        if isinstance(weights, ResNet18_Weights):
+            weights = weights.name
+        net = build_resnet("resnet18", weights, norm_layer)
         # ResNet-18 up to layer3: 256 channels at stride 16 (DyRA's res4)
         self.trunk = nn.Sequential(
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3
