@@ -38,13 +38,14 @@ def smoke_mode() -> bool:
     return os.environ.get(SMOKE_ENV, "0").strip() == "1"
 
 
-def random_object_sides(num_images: int, seed: int = 0, min_side: float = 6.0,
-                        max_side: float = 200.0, max_objects: int = 8,
+def random_object_sides(num_images: int, seed: int = 0, min_side: float = 8.0,
+                        max_side: float = 384.0, max_objects: int = 8,
                         spread: float = 0.3) -> list[Tensor]:
     """Random object sides (px) for ``num_images`` images, like the synthetic set's scenes.
 
     Each image draws a log-uniform typical side in [min_side, max_side] and 1..max_objects
     objects whose sides are that typical side times exp(N(0, spread²)), clamped to the range.
+    The default range is centred (in log) on √(32·96) = 55 px, where P_up = 1/2 at γ = 1.
     Returns a list of float32 tensors [N_i] (deterministic in ``seed``).
     """
     if num_images < 1 or max_objects < 1 or not 0 < min_side < max_side:
@@ -97,7 +98,7 @@ def gradient_step_on_g(sides_per_image: Sequence[Tensor], log_gamma: float,
     new_g = float(g.detach() - lr * grad)
     after = distribution_loss(sides_per_image, torch.tensor(new_g, dtype=torch.float64), ema,
                               b_s, b_l, k, concentration)
-    return new_g, float(before), float(after)
+    return new_g, float(before.detach()), float(after)
 
 
 def simulate_boundary_learning(ema: Sequence[float] = (0.9, 0.6, 0.3), num_steps: int = 300,
@@ -131,7 +132,7 @@ def simulate_boundary_learning(ema: Sequence[float] = (0.9, 0.6, 0.3), num_steps
         loss.backward()
         opt.step()
         u = ideal_scale(sides, float(g.detach()), b_s, b_l, k)
-        window["loss_dist"].append(float(loss))
+        window["loss_dist"].append(float(loss.detach()))
         window["loss_scale"].append(float(scale_loss(u, sides, float(g.detach()), b_s, b_l, k)))
         window["u"].append(u)
         if step % log_every == 0 or step == num_steps:

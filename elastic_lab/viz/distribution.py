@@ -194,5 +194,5 @@ def beta_fit_vs_target(metrics_rows: Sequence[Mapping], num_frames: int = 8,
     fig.update_xaxes(title="u (normalised scale)", range=[0, 1])
     fig.update_yaxes(title="density", range=[0, y_max])
     fig.update_layout(title=title(first), template="plotly_white",
-                      legend={"orientation": "h", "y": -0.25})
+                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
     return fig

@@ -218,8 +218,11 @@ def scale_loss_gradient_direction(sides_small: Sequence[float], sides_large: Seq
     u = unit_grid(u, num=97, margin=0.02)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("per-image scale loss L(u)", "gradient dL/du"))
+    lim = 1.0
     for i, (image, sides) in enumerate((("small", sides_small), ("large", sides_large))):
         loss, grad = scale_loss_gradient_on_u(u, sides, log_gamma, b_s, b_l, k)
+        middle = (u >= 0.1) & (u <= 0.9)  # the edges diverge like 1/u, 1/(1-u)
+        lim = max(lim, 1.5 * float(np.abs(grad[middle] if middle.any() else grad).max()))
         label = f"{image}-object image (sides {', '.join(f'{s:g}' for s in sides)} px)"
         meta = {"image": image, "sides": [float(s) for s in sides]}
         fig.add_trace(go.Scatter(x=u, y=loss, name=label, legendgroup=image,
@@ -227,11 +230,13 @@ def scale_loss_gradient_direction(sides_small: Sequence[float], sides_large: Seq
         fig.add_trace(go.Scatter(x=u, y=grad, name=label, legendgroup=image, showlegend=False,
                                  line={"color": color(i)}, meta={"kind": "grad", **meta}), 2, 1)
     fig.add_hline(y=0, line={"color": "black", "width": 1}, row=2, col=1)
-    fig.add_annotation(text="dL/du < 0: descent pushes u up (up-scale)", x=0.5, y=0,
-                       yanchor="top", showarrow=False, row=2, col=1, font={"size": 11})
+    for y, text in ((0.6 * lim, "dL/du > 0: descent pushes u down (down-scale)"),
+                    (-0.6 * lim, "dL/du < 0: descent pushes u up (up-scale)")):
+        fig.add_annotation(text=text, x=0.5, y=y, showarrow=False, row=2, col=1,
+                           font={"size": 11, "color": "grey"})
     fig.update_xaxes(title="u (normalised scale)", row=2, col=1)
     fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="linear", range=[-30, 30], row=2, col=1)
+    fig.update_yaxes(type="linear", range=[-lim, lim], row=2, col=1)
     fig.update_layout(title=f"Where the scale loss pushes u (γ = {math.exp(log_gamma):.2f})",
                       template="plotly_white", legend={"orientation": "h", "y": -0.15})
     return fig
