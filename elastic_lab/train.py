@@ -96,8 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scale-loss", action="store_true", help="ablation: drop L_scale")
     p.add_argument("--no-distribution-loss", action="store_true", help="ablation: drop L_dist")
     p.add_argument("--distribution-loss", choices=["beta-w1", "balance"], default="beta-w1")
-    p.add_argument("--boundary-small", type=float, default=32.0, help="b_s in pixels")
-    p.add_argument("--boundary-large", type=float, default=96.0, help="b_l in pixels")
+    p.add_argument("--boundary-small", type=float, default=None,
+                   help="b_s in pixels at the processed size (default 32 * base-size / 800: "
+                        "COCO's small/medium side at COCO's base size, scaled to ours)")
+    p.add_argument("--boundary-large", type=float, default=None,
+                   help="b_l in pixels (default 96 * base-size / 800)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=1, help="pools between checkpoints")
     p.add_argument("--max-bad-steps", type=int, default=5)
@@ -121,7 +124,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOpti
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          warmup_epochs=args.warmup_epochs, explore_noise=args.explore_noise,
                          max_bad_steps=args.max_bad_steps)
-    loss = ElasticLossOptions(b_s=args.boundary_small, b_l=args.boundary_large,
+    b_s = args.boundary_small if args.boundary_small is not None else 32.0 * args.base_size / 800
+    b_l = args.boundary_large if args.boundary_large is not None else 96.0 * args.base_size / 800
+    loss = ElasticLossOptions(b_s=b_s, b_l=b_l,
                               distribution=args.distribution_loss,
                               use_scale_loss=not args.no_scale_loss,
                               use_distribution_loss=not args.no_distribution_loss)

@@ -113,7 +113,8 @@ def test_metrics_log_elastic_statistics(elastic_run):
                 "boundary_large_px", "bin_loc_loss", "target_alpha", "target_beta",
                 "loss_scale", "loss_dist", "loss_ce", "padding_ratio", "lr", "images_per_s"):
         assert key in rows[-1], key
-    assert rows[-1]["boundary_large_px"] == pytest.approx(96 * rows[-1]["gamma"])
+    # default boundaries scale with the base size: 96 px at base 800 -> 7.68 px at base 64
+    assert rows[-1]["boundary_large_px"] == pytest.approx(96 * 64 / 800 * rows[-1]["gamma"])
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(elastic_run, synth_dir):
