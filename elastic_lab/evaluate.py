@@ -97,6 +97,29 @@ def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float
     return {k: float(max(v, 0.0)) for k, v in zip(COCO_KEYS, ev.stats[:6])}
 
 
+def median_object_sides(dataset: CocoDetection, image_ids: list[int]) -> dict[int, float]:
+    """Median object side sqrt(w * h) in original pixels per image (images with objects only)."""
+    out = {}
+    for img_id in image_ids:
+        anns = [a for a in dataset.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
+        if anns:
+            out[img_id] = float(np.median([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns]))
+    return out
+
+
+def phi_vs_object_size(dataset: CocoDetection, results: list[dict]) -> dict:
+    """Seed experiment 1: Spearman rank correlation between the predicted phi and the median
+    object side of each image (negative = small objects get up-scaled)."""
+    from scipy.stats import spearmanr
+
+    sides = median_object_sides(dataset, [r["image_id"] for r in results])
+    pairs = [(sides[r["image_id"]], r["phi"]) for r in results if r["image_id"] in sides]
+    if len(pairs) < 3:
+        return {"spearman_phi_vs_median_side": None}
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return {"spearman_phi_vs_median_side": float(rho), "num_images_with_objects": len(pairs)}
+
+
 def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
              scale: float | None = None, latency_images: int = 20, progress: bool = True
              ) -> dict:
@@ -133,6 +156,8 @@ def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
         "num_images": len(results),
         "mode": "elastic" if model.predictor is not None and scale is None else "fixed-scale",
     })
+    if metrics["mode"] == "elastic":
+        metrics.update(phi_vs_object_size(dataset, results))
     hist, edges = np.histogram(phis, bins=10, range=(model.tau_min, model.tau_max))
     metrics["phi_histogram"] = {"counts": hist.tolist(), "edges": edges.tolist()}
     n = min(latency_images, len(dataset))

@@ -198,3 +198,14 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(map(name, pip_lines)) == sorted(map(name, wanted))
     assert "python=3.11" in env["dependencies"]
+
+
+def test_phi_vs_object_size_spearman(synth_dir):
+    from elastic_lab.evaluate import median_object_sides, phi_vs_object_size
+    ds = CocoDetection(*split_paths(synth_dir, "train"))
+    sides = median_object_sides(ds, ds.ids)
+    assert sides and all(v > 0 for v in sides.values())
+    follows = [{"image_id": i, "phi": 2.0 - np.log(sides[i]) / 10} for i in sides]
+    assert phi_vs_object_size(ds, follows)["spearman_phi_vs_median_side"] == pytest.approx(-1.0)
+    against = [{"image_id": i, "phi": np.log(sides[i])} for i in sides]
+    assert phi_vs_object_size(ds, against)["spearman_phi_vs_median_side"] == pytest.approx(1.0)
