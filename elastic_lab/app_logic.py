@@ -18,19 +18,20 @@ later one pays nothing, so a ``/detect`` call costs about one inference.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from plotly.subplots import make_subplots
 
 from .evaluate import FlopTable
 from .flops import measure_latency_ms
@@ -44,7 +45,8 @@ MIN_SIDE = 16                      # px; smaller images carry nothing to detect
 MAX_PROCESSED_PIXELS = 4_000_000   # the detector's input at tau_max (catches 1 x 5000 strips)
 MAX_FILE_SIZE = "25mb"             # upload limit passed to gradio's launch(max_file_size=...)
 SWEEP_POINTS = 9
-DISPLAY_SIDE = (512, 1024)         # the drawn image's long side is brought into this range
+MAX_LABELS = 25                    # boxes beyond the 25 best are drawn without a text label
+DISPLAY_SIDE = 1024                # px; larger images are drawn downscaled to this long side
 
 # one colour per class index (tab10), as RGB
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -110,12 +112,17 @@ def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 
                 if w * h > max_pixels:
                     raise InputImageError(
                         f"{name}: {w} x {h} px = {w * h / 1e6:.0f} megapixels is more than this "
-                        f"app accepts ({max_pixels / 1e6:.0f} MP); downscale it first")
+                        f"app accepts ({max_pixels / 1e6:.0f} megapixels); downscale it first")
                 im.verify()  # structure and checksums (PNG CRCs) without decoding
             with Image.open(path) as im:
                 im.load()
                 notes = _describe_conversion(im)
-                image = to_rgb(im)
+                try:
+                    image = to_rgb(im)
+                except (ValueError, OSError) as exc:
+                    raise InputImageError(
+                        f"{name}: cannot turn its {im.mode} pixels into RGB ({exc}); save it as "
+                        "an RGB PNG or JPEG") from exc
     except InputImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -123,7 +130,10 @@ def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 
             f"{name}: not an image file Pillow can read (try PNG, JPEG, WebP, BMP, TIFF or GIF)"
         ) from exc
     except Image.DecompressionBombError as exc:
-        raise InputImageError(f"{name}: too many pixels ({exc}); downscale it first") from exc
+        raise InputImageError(
+            f"{name}: far more pixels than this app accepts ({max_pixels / 1e6:.0f} megapixels); "
+            f"Pillow refuses it as a possible decompression bomb ({exc}); downscale it first"
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise InputImageError(f"{name}: the {fmt} file is corrupt or truncated ({exc})") from exc
     if min(image.size) < min_side:
@@ -134,7 +144,7 @@ def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 
 
 
 def check_processed_size(model: ElasticDETR, width: int, height: int,
-                         limit: int = MAX_PROCESSED_PIXELS) -> None:
+                         limit: int = MAX_PROCESSED_PIXELS, name: str = "image") -> None:
     """Refuse images whose detector input at tau_max would exceed ``limit`` pixels.
 
     The base size fixes the short side, so only extreme aspect ratios (long thin strips)
@@ -144,7 +154,7 @@ def check_processed_size(model: ElasticDETR, width: int, height: int,
                           model.stride)
     if h * w > limit:
         raise InputImageError(
-            f"a {width} x {height} px image (aspect ratio 1:{max(width, height) / min(width, height):.0f}) "
+            f"{name}: a {width} x {height} px image (aspect ratio 1:{max(width, height) / min(width, height):.0f}) "
             f"would reach the detector as {w} x {h} px at phi = {model.tau_max:g}, more than "
             f"{limit / 1e6:.0f} megapixels; crop it to a less elongated shape")
 
@@ -218,6 +228,26 @@ class DetectorService:
         self.device = torch.device(device)
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.RLock()
+        self._closed = False
+
+    @contextmanager
+    def _running(self):
+        """Hold the lock for model work; refuse it once ``close`` was called."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the app is shutting down")
+            yield
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Wait for the running model call, then refuse new ones.
+
+        Call it before the interpreter exits (app.py registers it with atexit): a server
+        thread that is stopped inside a torch operator during interpreter shutdown aborts the
+        whole process ("terminate called without an active exception").
+        """
+        if self._lock.acquire(timeout=timeout):
+            self._closed = True
+            self._lock.release()
 
     @property
     def names(self) -> list[str]:
@@ -227,7 +257,7 @@ class DetectorService:
         """The loaded model of checkpoint ``name`` (loads it on first use; CheckpointError)."""
         if name not in self.checkpoints:
             raise ValueError(f"unknown checkpoint {name!r}; choose one of {self.names}")
-        with self._lock:
+        with self._running():
             if name not in self._loaded:
                 model, ckpt = load_model(self.checkpoints[name], str(self.device))
                 mode = ckpt["model_options"].get("mode", "?")
@@ -246,24 +276,34 @@ class DetectorService:
 
     def detect(self, name: str, upload: Upload, threshold: float = 0.3,
                phi: float | None = None, measure_latency: bool = True) -> dict:
-        """predict_image plus latency (memoised per size), end-to-end time and input notes."""
+        """predict_image plus latency (memoised per size), end-to-end time and input notes.
+
+        Adds "latency_ms" / "latency_ms_phi1" (``LatencyTable``; only with ``measure_latency``),
+        "inference_ms" (wall time of this request's ``predict_image`` call, which includes FLOP
+        counting the first time a size is seen) and the input's format, mode and notes.
+        Boxes are clipped to the image (x1, y1, x2, y2 in original pixels).
+        """
         m = self.get(name)
         image = upload.image
-        check_processed_size(m.model, image.width, image.height)
+        check_processed_size(m.model, image.width, image.height, name=upload.name)
         if phi is not None:
             check_phi(m.model, phi)
-        with self._lock:
+        h0, w0 = image.height, image.width
+        with self._running():
             start = time.perf_counter()
             result = predict_image(m.model, m.categories, image, threshold, phi, timing=False,
                                    flops=m.flops)
             inference_ms = (time.perf_counter() - start) * 1e3
             if measure_latency:
-                h0, w0 = image.height, image.width
                 uses_predictor = result["phi_source"] == "predicted"
                 result["latency_ms"] = (m.latency.detector(*result["processed_size"])
                                         + (m.latency.predictor(h0, w0) if uses_predictor else 0.0))
                 result["latency_ms_phi1"] = m.latency.detector(*result["base_size"])
         result["inference_ms"] = inference_ms
+        for d in result["detections"]:  # boxes may overhang the image; show them inside it
+            x1, y1, x2, y2 = d["box"]
+            d["box"] = [min(max(x1, 0.0), w0), min(max(y1, 0.0), h0),
+                        min(max(x2, 0.0), w0), min(max(y2, 0.0), h0)]
         return {"image": upload.name, "checkpoint": name, "mode": m.mode,
                 "tau_range": [m.model.tau_min, m.model.tau_max], "threshold": float(threshold),
                 "input_format": upload.format, "input_mode": upload.mode,
@@ -277,11 +317,11 @@ class DetectorService:
         """
         m = self.get(name)
         image = upload.image
-        check_processed_size(m.model, image.width, image.height)
+        check_processed_size(m.model, image.width, image.height, name=upload.name)
         if phi is not None:
             check_phi(m.model, phi)
         scales = sweep_scales(m.model.tau_min, m.model.tau_max, n)
-        with self._lock:
+        with self._running():
             rows = scale_sweep(m.model, image, scales, threshold, m.flops)
             if phi is None:
                 x = image_tensor(image).to(self.device)
@@ -293,13 +333,14 @@ class DetectorService:
 
 
 def check_phi(model: ElasticDETR, phi: float) -> None:
-    """A forced phi must lie in the model's [tau_min, tau_max]."""
-    if not (model.tau_min - 1e-6 <= phi <= model.tau_max + 1e-6) or math.isnan(phi):
-        raise InputImageError(f"forced phi = {phi:g} is outside this model's range "
+    """A forced phi must lie in the model's [tau_min, tau_max] (ValueError otherwise)."""
+    if not model.tau_min - 1e-6 <= phi <= model.tau_max + 1e-6:  # False for NaN too
+        raise ValueError(f"forced phi = {phi:g} is outside this model's range "
                               f"[{model.tau_min:g}, {model.tau_max:g}]")
 
 
 # --------------------------------------------------------------------------- presentation
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -307,35 +348,34 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def display_scale(width: int, height: int, side: tuple[int, int] = DISPLAY_SIDE) -> float:
-    """Factor that brings the long side into [side[0], side[1]] (1 when it already is)."""
-    long = max(width, height)
-    if long > side[1]:
-        return side[1] / long
-    if long < side[0]:
-        return side[0] / long
-    return 1.0
+def display_scale(width: int, height: int, side: int = DISPLAY_SIDE) -> float:
+    """Factor that brings the long side down to ``side`` (1 when it is not longer)."""
+    return min(1.0, side / max(width, height))
 
 
-def draw_detections(image: Image.Image, detections: list[dict], categories: list[dict]
-                    ) -> Image.Image:
-    """The image (resized for display, see ``display_scale``) with boxes, labels and scores.
+def draw_detections(image: Image.Image, detections: list[dict], categories: list[dict],
+                    max_labels: int = MAX_LABELS) -> Image.Image:
+    """The image (downscaled for display, see ``display_scale``) with boxes, labels and scores.
 
     ``detections`` are in original pixels ({"label", "category_id", "score", "box" x1y1x2y2});
-    the colour follows the class index in ``categories``.
+    the colour follows the class index in ``categories``. Every box is drawn; only the
+    ``max_labels`` best get a text label (text is the slow part, ~0.5 ms each).
     """
     s = display_scale(image.width, image.height)
     size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
-    canvas = image.convert("RGB") if s == 1.0 else image.resize(
-        size, Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC)
+    canvas = image.convert("RGB") if s == 1.0 else image.resize(size, Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(canvas)
     index = {c["id"]: i for i, c in enumerate(categories)}
-    font = _font(max(11, round(max(canvas.size) / 60)))
-    line = max(2, round(max(canvas.size) / 400))
-    for d in sorted(detections, key=lambda d: d["score"]):  # best drawn last, on top
+    font = _font(max(10, round(max(canvas.size) / 60)))
+    line = max(1, round(max(canvas.size) / 400))
+    ranked = sorted(detections, key=lambda d: -d["score"])
+    for rank in range(len(ranked) - 1, -1, -1):  # best drawn last, on top
+        d = ranked[rank]
         colour = PALETTE[index.get(d["category_id"], 0) % len(PALETTE)]
         x1, y1, x2, y2 = (v * s for v in d["box"])
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+        draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=colour, width=line)
+        if rank >= max_labels:
+            continue
         text = f"{d['label']} {d['score']:.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
         tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
@@ -355,16 +395,18 @@ def summary_markdown(result: dict) -> str:
     saved = 100 * result["compute_saved"]
     lines = [
         f"### phi = {result['phi']:.2f} ({source})",
-        f"- **resolution**: the detector saw **{pw} x {ph} px** (base at phi = 1: {bw} x {bh} px; "
-        f"your image: {result['width']} x {result['height']} px)",
+        (f"- **resolution**: the detector saw **{pw} x {ph} px** (base at phi = 1: {bw} x {bh} "
+         f"px; your image: {result['width']} x {result['height']} px)"),
         f"- **compute**: {result['gflops']:.2f} GFLOPs (predictor {result['gflops_predictor']:.2f} "
         f"included) vs {result['gflops_phi1']:.2f} GFLOPs at phi = 1: "
-        + (f"**{saved:.0f}% saved**" if saved >= 0 else f"**{-saved:.0f}% more** (up-scaled)"),
+        + (f"**{saved:.0f}% saved**" if saved >= 0 else f"**{-saved:.0f}% more** "
+           + ("(up-scaled)" if ph * pw > bh * bw else "(the predictor's cost)")),
     ]
     if "latency_ms" in result:
         lines.append(f"- **latency** (measured, median per input size): {result['latency_ms']:.0f} ms "
-                     f"vs {result['latency_ms_phi1']:.0f} ms at phi = 1; this request's inference "
-                     f"took {result['inference_ms']:.0f} ms")
+                     f"vs {result['latency_ms_phi1']:.0f} ms at phi = 1; this request's model call "
+                     f"took {result['inference_ms']:.0f} ms (longer the first time a size is seen: "
+                     "its FLOPs are counted then)")
     n = len(result["detections"])
     lines.append(f"- **detections** with score >= {result['threshold']:.2f}: {n}")
     if result.get("input_notes"):
@@ -390,23 +432,34 @@ def sweep_figure(sweep: dict) -> go.Figure:
                       row=row, col=1)
     fig.add_vline(x=sweep["marked_phi"], line_dash="dash", line_color="crimson", row="all",
                   col=1)
-    fig.add_annotation(x=sweep["marked_phi"], y=1.0, xref="x", yref="paper", yanchor="bottom",
-                       showarrow=False, font={"color": "crimson"},
-                       text=f"phi = {sweep['marked_phi']:.2f} ({sweep['phi_source']})")
     fig.update_xaxes(title_text="scale factor phi", row=3, col=1)
-    fig.update_layout(height=560, showlegend=False, margin={"l": 50, "r": 20, "t": 60, "b": 40},
-                      title={"text": "Scale sweep: the same image at every phi", "y": 0.99})
+    title = (f"The same image at every phi; dashed: phi = {sweep['marked_phi']:.2f} "
+             f"({sweep['phi_source']})")
+    fig.update_layout(height=580, showlegend=False, margin={"l": 50, "r": 20, "t": 90, "b": 40},
+                      title={"text": title, "x": 0.5, "y": 0.98, "font": {"color": "crimson"}})
     return fig
+
+
+def _safe_stem(name: str) -> str:
+    stem = Path(name).stem or "image"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60]
 
 
 def write_result_json(result: dict, out_dir: str | Path) -> Path:
     """Write ``result`` as indented JSON named after the image into ``out_dir``; return the path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(str(result.get("image", "image"))).stem or "image"
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60]
-    path = out_dir / f"detections_{safe}.json"
+    path = out_dir / f"detections_{_safe_stem(str(result.get('image', 'image')))}.json"
     path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def write_drawn_image(image: Image.Image, name: str, out_dir: str | Path) -> Path:
+    """Save the drawn image as a quickly compressed PNG named after the input; return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"detections_{_safe_stem(name)}.png"
+    image.save(path, format="PNG", compress_level=1)
     return path
 
 
