@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/benchmark_speed.py
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(STAMP)
 	$(BIN)/ruff check elastic_lab tests app.py scripts

@@ -1,36 +1,84 @@
-"""Helpers for the tutorial notebooks: smoke mode, random object sizes, and a small simulation
-of how the distribution loss moves the boundary parameter g = log γ (no detector involved).
+"""Helpers for the tutorial notebooks, so that the notebooks stay thin.
 
-The simulation is a teaching device, not a training run: the per-bin localization losses are
-held fixed (given), the images are random sets of object sides, and the "predictor" is the
-ideal one that outputs, per image, the u that minimises the scale loss at the current γ.
+- Smoke mode, random object sizes, and a small simulation of how the distribution loss moves
+  the boundary parameter g = log γ (notebooks 02-03). The simulation is a teaching device, not a
+  training run: the per-bin localization losses are held fixed, the images are random sets of
+  object sides, and the "predictor" is the ideal one that outputs, per image, the u that
+  minimises the scale loss at the current γ.
+- Paths, data and runs (notebooks 01, 04-07): :func:`project_path`, :func:`work_dir`,
+  :func:`ensure_synth`, :func:`train_run` (the training code of ``elastic-lab train``),
+  :func:`load_or_train` (a shipped checkpoint, or a tiny model trained for a few steps when the
+  file is missing), :func:`first_images`, :func:`holdout_split`, :func:`coco_size_counts`.
+- Analysis of the seed experiments: :func:`median_object_sides`,
+  :func:`phi_object_size_table`, :func:`spearman`, :func:`compare_to_baseline`,
+  :func:`image_scale_sweep`.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import hashlib
+import json
 import math
 import os
-from collections.abc import Sequence
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
+from torchvision.ops import box_convert, box_iou
 
+from elastic_lab import train
+from elastic_lab.data.coco import load_coco, read_annotation_json
+from elastic_lab.data.synth import generate_split
 from elastic_lab.distribution_loss import (
     distribution_loss,
     fit_beta_moments,
     target_beta,
 )
+from elastic_lab.evaluate import FlopTable
+from elastic_lab.models.build import load_model
+from elastic_lab.resize import base_size_scale
+from elastic_lab.runtime import resolve_device, split_paths
 from elastic_lab.scale_loss import concat_sides, scale_loss, size_bins, up_probability
+from elastic_lab.viz.results import pareto_front
 
 __all__ = [
+    "PROJECT_ROOT",
     "SMOKE_ENV",
+    "SMOKE_MODEL_ARGS",
+    "LoadedModel",
+    "coco_size_counts",
+    "compare_to_baseline",
+    "ensure_synth",
+    "first_images",
     "gradient_step_on_g",
+    "holdout_split",
     "ideal_scale",
+    "image_scale_sweep",
+    "load_or_train",
+    "median_object_sides",
+    "phi_object_size_table",
+    "project_path",
     "random_object_sides",
     "simulate_boundary_learning",
     "smoke_mode",
+    "spearman",
+    "train_run",
+    "work_dir",
 ]
 
 SMOKE_ENV = "ELASTIC_LAB_SMOKE"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (editable install)
+# A detector small enough to train for a few steps in seconds (smoke runs and fallbacks).
+SMOKE_MODEL_ARGS: tuple[str, ...] = (
+    "--hidden-dim", "32", "--enc-layers", "1", "--dec-layers", "2", "--base-size", "64",
+    "--batch-size", "4", "--pool-batches", "2", "--workers", "0", "--thumb-size", "32")
 
 
 def smoke_mode() -> bool:
@@ -152,4 +200,301 @@ def simulate_boundary_learning(ema: Sequence[float] = (0.9, 0.6, 0.3), num_steps
                 "phi_min": float(phi.min()), "phi_max": float(phi.max()),
             })
             window = {"loss_dist": [], "loss_scale": [], "u": []}
+    return rows
+
+
+# ----------------------------------------------------------------------------- paths, data, runs
+def project_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when absolute; otherwise relative to the project root (the folder with
+    ``notebooks/`` and ``elastic_lab/``), so notebooks find ``checkpoints/`` and ``data/``
+    whatever their working folder. Outside a checkout: relative to the working folder."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    root = PROJECT_ROOT if (PROJECT_ROOT / "notebooks").is_dir() else Path.cwd()
+    return root / path
+
+
+def work_dir(name: str, root: str | os.PathLike = "runs/notebooks") -> Path:
+    """Folder for a notebook's generated data and runs (created).
+
+    Normally ``project_path(root) / name`` (``runs/`` is git-ignored); in smoke mode
+    ``./smoke_work/name`` under the working folder, so that tests write only to their own
+    temporary folder.
+    """
+    out = Path.cwd() / "smoke_work" / name if smoke_mode() else project_path(root) / name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def ensure_synth(data_dir: str | os.PathLike, train: int, val: int, test: int = 0,
+                 seed: int = 0) -> Path:
+    """The synthetic set at ``data_dir``, generating the splits whose annotation file is missing.
+
+    Existing splits are kept whatever their size. Image i of a split depends only on (seed,
+    split, i), so a small set holds the first images of a larger one with the same seed.
+    """
+    data_dir = Path(data_dir)
+    for split, n in (("train", train), ("val", val), ("test", test)):
+        if n > 0 and not (data_dir / "annotations" / f"instances_{split}.json").is_file():
+            generate_split(data_dir, split, n, seed=seed)
+    return data_dir
+
+
+def _train_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="elastic-lab train")
+    train.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def train_run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, mode: str,
+              max_steps: int, extra: Sequence[str] = (), split: str = "train",
+              device: str = "auto", seed: int = 0, log_every: int | None = None,
+              reuse: bool = True) -> Path:
+    """Train like ``elastic-lab train`` and return ``out_dir/checkpoint.pt``.
+
+    ``extra``: more command-line options (e.g. :data:`SMOKE_MODEL_ARGS`, ``--no-scale-loss``,
+    ``--tau-max 2``). ``--max-steps`` alone bounds the run (epochs are not limited). With
+    ``reuse``, a finished run of exactly the same options and the same training annotation
+    file (SHA-1) in ``out_dir`` is returned without training; otherwise ``out_dir`` is cleared
+    first (metrics.jsonl is appended to, never mixed). A non-empty ``out_dir`` that is not a
+    run folder raises ValueError.
+    """
+    out_dir = Path(out_dir)
+    argv = ["--data", str(data_dir), "--split", split, "--out", str(out_dir), "--mode", mode,
+            "--max-steps", str(max_steps), "--epochs", "1000000", "--seed", str(seed),
+            "--device", device, "--log-every", str(log_every or max(1, max_steps // 25)),
+            *map(str, extra)]
+    args = _train_args(argv)
+    digest = hashlib.sha1(split_paths(data_dir, split)[1].read_bytes()).hexdigest()
+    wanted = {"argv": argv, "annotations_sha1": digest}
+    stamp, ckpt = out_dir / "notebook_run.json", out_dir / "checkpoint.pt"
+    if reuse and ckpt.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return ckpt
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not (out_dir / "options.json").is_file():
+            raise ValueError(f"{out_dir}: exists and is not a training run folder; refusing to "
+                             "clear it (choose another folder)")
+        shutil.rmtree(out_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("once", category=UserWarning)
+        path = train.train(args)
+    stamp.write_text(json.dumps(wanted))
+    return path
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load_or_train` returns."""
+
+    model: torch.nn.Module       # ElasticDETR in eval mode
+    checkpoint: dict             # model_options, categories, ...
+    path: Path                   # the checkpoint file that was loaded
+    fallback: bool               # True: the shipped file was missing, a tiny model was trained
+    note: str                    # one line saying which of the two happened
+
+
+def load_or_train(checkpoint: str | os.PathLike | None, mode: str, data_dir: str | os.PathLike,
+                  out_dir: str | os.PathLike, max_steps: int = 4,
+                  extra: Sequence[str] = SMOKE_MODEL_ARGS, device: str = "auto",
+                  fallback_images: int = 16) -> LoadedModel:
+    """Load ``checkpoint`` (via :func:`project_path`); when it does not exist, train a tiny
+    ``mode`` model for ``max_steps`` steps on the synthetic set ``data_dir`` (its train split
+    generated with ``fallback_images`` images when missing) into ``out_dir`` instead."""
+    path = project_path(checkpoint) if checkpoint else None
+    fallback = path is None or not path.is_file()
+    if fallback:
+        ensure_synth(data_dir, train=fallback_images, val=0)
+        path = train_run(data_dir, out_dir, mode, max_steps, extra, device=device)
+    model, ckpt = load_model(path, resolve_device(device))
+    if fallback:
+        note = (f"{checkpoint or 'no checkpoint'} not found: trained a tiny {mode} model for "
+                f"{max_steps} steps instead ({path}); its numbers show the mechanics only")
+    else:
+        note = f"loaded {mode} checkpoint {path} (step {ckpt.get('step', '?')})"
+    return LoadedModel(model, ckpt, Path(path), fallback, note)
+
+
+def first_images(dataset, n: int | None):
+    """A shallow copy of a CocoDetection limited to its first ``n`` images (None: all).
+
+    It keeps ``coco`` and the category mapping, so ``evaluate`` (COCOeval on the evaluated
+    image ids) works on it.
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ValueError(f"first_images: n must be >= 1, got {n}")
+    out = copy.copy(dataset)
+    out.ids = list(dataset.ids[:n])
+    return out
+
+
+def holdout_split(data_dir: str | os.PathLike, split: str, val_fraction: float = 0.25,
+                  seed: int = 0, names: tuple[str, str] = ("train", "val")) -> dict[str, Path]:
+    """Split the COCO-format ``split`` of ``data_dir`` into two disjoint splits by image.
+
+    Writes ``images/{name}/`` (hard links, or copies) and ``annotations/instances_{name}.json``
+    for both ``names``; returns {name: annotation file}. Deterministic in ``seed``.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"holdout_split: val_fraction must be in (0, 1), got {val_fraction}")
+    image_dir, ann_file = split_paths(data_dir, split)
+    data = read_annotation_json(ann_file)
+    ids = sorted(img["id"] for img in data["images"])
+    if len(ids) < 2:
+        raise ValueError(f"{ann_file}: need at least 2 images to split, found {len(ids)}")
+    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+    val_ids = {ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:n_val]}
+    out = {}
+    for name, keep in ((names[0], lambda i: i not in val_ids), (names[1], val_ids.__contains__)):
+        images = [img for img in data["images"] if keep(img["id"])]
+        target_dir = Path(data_dir) / "images" / name
+        for img in images:
+            src, dst = image_dir / img["file_name"], target_dir / img["file_name"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+        kept = {img["id"] for img in images}
+        part = {**data, "images": images,
+                "annotations": [a for a in data["annotations"] if a["image_id"] in kept]}
+        out[name] = Path(data_dir) / "annotations" / f"instances_{name}.json"
+        out[name].write_text(json.dumps(part))
+    return out
+
+
+def coco_size_counts(ann_file: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Non-crowd objects per category in COCO's size bins (by ``area``, as COCOeval counts them:
+    small < 32², medium < 96², large): {category name: {"small", "medium", "large"}}."""
+    coco = load_coco(ann_file)
+    out = {c["name"]: {"small": 0, "medium": 0, "large": 0}
+           for c in coco.loadCats(coco.getCatIds())}
+    for ann in coco.dataset["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        area = float(ann["area"])
+        size = "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"
+        out[coco.cats[ann["category_id"]]["name"]][size] += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- seed experiments
+def median_object_sides(dataset, base_size: int | None = None,
+                        max_size: int | None = None) -> np.ndarray:
+    """Median object side sqrt(w·h) per image of a CocoDetection, in item order: [N] float64.
+
+    In original pixels, or at the base resolution (φ = 1) when ``base_size`` is given.
+    Crowd boxes and categories outside the dataset's mapping are ignored; images without
+    objects get NaN.
+    """
+    out = np.full(len(dataset), np.nan)
+    for i, image_id in enumerate(dataset.ids):
+        sides = [math.sqrt(max(a["bbox"][2], 0.0) * max(a["bbox"][3], 0.0))
+                 for a in dataset.coco.imgToAnns.get(image_id, [])
+                 if not a.get("iscrowd", 0) and a["category_id"] in dataset.cat_id_to_label]
+        if sides:
+            info = dataset.coco.imgs[image_id]
+            factor = 1.0 if base_size is None else base_size_scale(
+                int(info["height"]), int(info["width"]), base_size, max_size)
+            out[i] = float(np.median(sides)) * factor
+    return out
+
+
+@torch.no_grad()
+def phi_object_size_table(model, dataset, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Seed experiment 1: per image, the predicted φ next to its objects' median side.
+
+    Runs only the scale predictor (no detector). Returns columns of equal length N:
+    "image_id", "phi", "median_side" (px at the base resolution, NaN without objects),
+    "num_objects", "regime" (the synthetic set's image record field, "" when absent).
+    """
+    device = next(model.parameters()).device
+    phis = []
+    for start in range(0, len(dataset), batch_size):
+        images = [dataset[i][0].to(device) for i in range(start, min(start + batch_size,
+                                                                    len(dataset)))]
+        phis.append(model.predict_phi(images).reshape(-1))
+    records = [dataset.coco.imgs[i] for i in dataset.ids]
+    return {
+        "image_id": np.array(dataset.ids),
+        "phi": torch.cat(phis).double().numpy() if phis else np.zeros(0),
+        "median_side": median_object_sides(dataset, model.base_size, model.max_size),
+        "num_objects": np.array([sum(not a.get("iscrowd", 0)
+                                     for a in dataset.coco.imgToAnns.get(r["id"], []))
+                                 for r in records]),
+        "regime": np.array([str(r.get("regime", "")) for r in records]),
+    }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman ρ over the pairs where both are finite; NaN for < 3 pairs or a constant side."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def compare_to_baseline(baseline: Sequence[Mapping], ap: float, gflops: float) -> dict:
+    """A model at (ap, gflops) against a baseline evaluated at several scales.
+
+    The baseline's Pareto front (points {"ap", "gflops"}) is read as a piecewise-linear curve.
+    Returns {"baseline_ap_at_equal_gflops" (clamped at the ends), "ap_gain",
+    "baseline_gflops_at_equal_ap" (None when the baseline never reaches ``ap``),
+    "compute_saved" = 1 − gflops / that (None likewise), "extrapolated" (gflops outside the
+    baseline's range)}.
+    """
+    front = [baseline[i] for i in pareto_front(baseline, "gflops")]
+    g = np.array([float(p["gflops"]) for p in front])
+    a = np.maximum.accumulate(np.array([float(p["ap"]) for p in front]))
+    ap_equal = float(np.interp(gflops, g, a))
+    if ap > a[-1]:
+        needed = None
+    elif ap <= a[0]:
+        needed = float(g[0])
+    else:
+        j = int(np.argmax(a >= ap))  # first front point at or above ap; a[j-1] < ap <= a[j]
+        needed = float(g[j - 1] + (ap - a[j - 1]) / (a[j] - a[j - 1]) * (g[j] - g[j - 1]))
+    return {"baseline_ap_at_equal_gflops": ap_equal, "ap_gain": float(ap) - ap_equal,
+            "baseline_gflops_at_equal_ap": needed,
+            "compute_saved": None if needed is None else 1.0 - float(gflops) / needed,
+            "extrapolated": bool(gflops < g[0] or gflops > g[-1])}
+
+
+@torch.no_grad()
+def image_scale_sweep(model, dataset, index: int, scales: Sequence[float],
+                      threshold: float = 0.3, flops=None, iou: float = 0.5) -> dict:
+    """Item ``index`` of a CocoDetection detected at each forced φ in ``scales``.
+
+    Returns {"phi": [...], "mean_score" (of detections ≥ threshold; 0 when none),
+    "num_detections", "recall" (ground-truth objects matched by a same-class detection ≥
+    threshold with IoU ≥ ``iou``; NaN without objects), "gflops" (detector at that size),
+    "predicted_phi" (the model's own choice: a float), "image_id"}.
+    """
+    image, target = dataset[index]
+    device = next(model.parameters()).device
+    x = image.to(device)
+    flops = flops or FlopTable(model)
+    h, w = target["orig_size"].tolist()
+    gt = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
+    rows: dict = {"phi": [], "mean_score": [], "num_detections": [], "recall": [], "gflops": []}
+    for s in sorted(float(v) for v in scales):
+        dets, out = model.detect([x], torch.full((1,), s))
+        d = {k: v.cpu() for k, v in dets[0].items()}
+        keep = d["scores"] >= threshold
+        boxes, labels, scores = d["boxes"][keep], d["labels"][keep], d["scores"][keep]
+        recall = float("nan")
+        if len(gt):
+            hit = (box_iou(gt, boxes) >= iou) & (target["labels"][:, None] == labels[None, :])
+            recall = float(hit.any(dim=1).float().mean())
+        rows["phi"].append(s)
+        rows["mean_score"].append(float(scores.mean()) if len(scores) else 0.0)
+        rows["num_detections"].append(int(keep.sum()))
+        rows["recall"].append(recall)
+        rows["gflops"].append(flops.detector(*out["image_sizes"][0].tolist()))
+    rows["predicted_phi"] = float(model.predict_phi([x])[0])
+    rows["image_id"] = int(target["image_id"])
     return rows

@@ -332,3 +332,120 @@ def test_detections_figure_boxes_as_shapes_on_the_image():
         assert shapes[0].line.color != shapes[1].line.color
     with pytest.raises(ValueError, match="2 boxes, 1 labels"):
         viz.detections_figure(img, boxes, ["ring"])
+
+
+def test_phi_size_comparison_spearman_per_run_and_empty_images_left_out():
+    rng = np.random.default_rng(2)
+    sides = np.exp(rng.uniform(2, 5, 30))
+    sides[[4, 9]] = np.nan  # images without objects
+    elastic = 1.6 - 0.2 * np.log(np.nan_to_num(sides, nan=50.0)) + rng.normal(0, 0.05, 30)
+    ablation = rng.uniform(0.9, 1.1, 30)
+    fig = viz.phi_size_comparison({"elastic": (sides, elastic), "no scale loss":
+                                   (sides, ablation), "constant": (sides, np.ones(30))})
+    runs = {t.meta["run"]: t for t in traces_of(fig, "images")}
+    keep = np.isfinite(sides)
+    for name, phis in (("elastic", elastic), ("no scale loss", ablation)):
+        np.testing.assert_allclose(arr(runs[name].x), sides[keep])
+        np.testing.assert_allclose(arr(runs[name].y), phis[keep])
+        rho = stats.spearmanr(sides[keep], phis[keep]).statistic
+        assert runs[name].meta["spearman"] == pytest.approx(rho)
+        assert f"ρ = {rho:.2f}" in runs[name].name
+    assert runs["elastic"].meta["spearman"] < -0.8
+    assert math.isnan(runs["constant"].meta["spearman"])  # constant φ: no rank correlation
+    with pytest.raises(ValueError, match="'bad'"):
+        viz.phi_size_comparison({"bad": ([1.0, 2.0], [1.0])})
+
+
+def test_ap_by_size_figure_bars_are_the_metrics():
+    metrics = {"fixed": {"AP": 0.2, "AP50": 0.4, "APs": 0.05, "APm": 0.25, "APl": 0.3},
+               "elastic": {"AP": 0.25, "AP50": 0.45, "APs": 0.1, "APm": 0.3, "APl": 0.31,
+                           "gflops_per_image": 3.0}}
+    fig = viz.ap_by_size_figure(metrics)
+    bars = {t.meta["run"]: t for t in traces_of(fig, "bars")}
+    assert list(bars) == ["fixed", "elastic"] and fig.layout.barmode == "group"
+    for name, m in metrics.items():
+        assert list(bars[name].x) == ["AP", "AP50", "APs", "APm", "APl"]
+        assert list(bars[name].y) == [m[k] for k in bars[name].x]
+    assert list(viz.ap_by_size_figure(metrics, keys=("APs",)).data[1].y) == [0.1]
+    with pytest.raises(ValueError, match=r"'fixed'.*APl"):
+        viz.ap_by_size_figure({"fixed": {"AP": 0.1, "AP50": 0.2, "APs": 0, "APm": 0}})
+
+
+def test_scale_sweeps_figure_marks_best_and_interpolated_predicted_phi():
+    sweeps = {"tiny": {"phi": [0.5, 1.0, 1.5], "mean_score": [0.1, 0.3, 0.5]},
+              "large": {"phi": [0.5, 1.0, 1.5], "mean_score": [0.6, 0.6, 0.2]},
+              "flat": {"phi": [0.5, 1.0], "mean_score": [0.0, 0.0]}}
+    fig = viz.scale_sweeps_figure(sweeps, predicted={"tiny": 1.25, "large": 0.75})
+    lines = {t.meta["image"]: t for t in traces_of(fig, "sweep")}
+    assert list(lines["tiny"].y) == [0.1, 0.3, 0.5]
+    best = {t.meta["image"]: t for t in traces_of(fig, "best")}
+    assert {k: t.meta["phi"] for k, t in best.items()} == {"tiny": 1.5, "large": 0.5,
+                                                           "flat": 0.5}  # ties: cheapest φ
+    assert best["large"].y[0] == 0.6
+    pred = {t.meta["image"]: t for t in traces_of(fig, "predicted")}
+    assert set(pred) == {"tiny", "large"}  # "flat" has no prediction
+    assert pred["tiny"].x[0] == 1.25 and pred["tiny"].y[0] == pytest.approx(0.4)
+    assert pred["large"].y[0] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="increasing"):
+        viz.scale_sweeps_figure({"a": {"phi": [1.0, 0.5], "mean_score": [0.1, 0.2]}})
+    with pytest.raises(ValueError, match="'recall'"):
+        viz.scale_sweeps_figure(sweeps, key="recall")
+
+
+def _decode_source(uri):
+    import base64
+    import io
+    assert uri.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def test_dota_objects_figure_polygons_and_enclosing_horizontal_boxes():
+    from elastic_lab.data.dota import DotaObject
+    objects = [DotaObject((10, 20, 60, 10, 70, 40, 20, 50), "plane"),
+               DotaObject((100, 100, 140, 100, 140, 130, 100, 130), "ship", difficult=1),
+               DotaObject((200, 50, 220, 60, 210, 80, 190, 70), "plane")]
+    image = Image.new("RGB", (800, 400), (40, 90, 40))
+    fig = viz.dota_objects_figure(image, objects, max_side=400)  # displayed at half size
+    shown = _decode_source(fig.data[0].source)
+    assert shown.size == (400, 200) and fig.data[0].meta["display_scale"] == 0.5
+    polys = {t.meta["category"]: t for t in traces_of(fig, "polygons")}
+    boxes = {t.meta["category"]: t for t in traces_of(fig, "hboxes")}
+    assert polys["plane"].meta["count"] == 2 and polys["ship"].meta["difficult"] == 1
+    # two closed quadrilaterals: 4 corners + the first again + a None separator each
+    xs = list(polys["plane"].x)
+    assert len(xs) == 12 and xs[5] is None and xs[11] is None
+    np.testing.assert_allclose(xs[:5], np.array([10, 60, 70, 20, 10]) * 0.5)
+    np.testing.assert_allclose(list(polys["plane"].y)[6:11], np.array([50, 60, 80, 70, 50]) * 0.5)
+    bx, by = list(boxes["plane"].x), list(boxes["plane"].y)
+    np.testing.assert_allclose(bx[:5], np.array([10, 70, 70, 10, 10]) * 0.5)  # min/max of x
+    np.testing.assert_allclose(by[:5], np.array([10, 10, 50, 50, 10]) * 0.5)  # min/max of y
+    assert len(traces_of(viz.dota_objects_figure(image, objects, show_hboxes=False),
+                         "hboxes")) == 0
+    small = viz.dota_objects_figure(np.zeros((50, 60, 3), np.uint8), objects[:1])
+    assert small.data[0].meta["display_scale"] == 1.0  # never upscaled
+
+
+def test_patch_values_figure_centres_values_and_outlines():
+    patches = [{"x": 0, "y": 0, "width": 256, "height": 256},
+               {"x": 192, "y": 0, "width": 256, "height": 256},
+               {"x": 0, "y": 192, "width": 256, "height": 200}]
+    values = [0.7, 1.2, 1.45]
+    fig = viz.patch_values_figure(np.zeros((392, 448, 3), np.uint8), patches, values,
+                                  max_side=224)
+    (marks,) = traces_of(fig, "patch_values")
+    np.testing.assert_allclose(list(marks.x), [64.0, 160.0, 64.0])  # centres, at scale 0.5
+    np.testing.assert_allclose(list(marks.y), [64.0, 64.0, 146.0])
+    assert list(marks.marker.color) == values and list(marks.text) == ["0.70", "1.20", "1.45"]
+    (outlines,) = traces_of(fig, "outlines")
+    xs = list(outlines.x)
+    np.testing.assert_allclose(xs[6:11], [96, 224, 224, 96, 96])
+    assert "0.70–1.45" in fig.layout.title.text
+    counts = viz.patch_values_figure(np.zeros((392, 448, 3), np.uint8), patches, [3, 0, 12],
+                                     name="objects", fmt=".0f")
+    assert list(traces_of(counts, "patch_values")[0].text) == ["3", "0", "12"]
+    assert "objects per patch (range 0–12)" in counts.layout.title.text
+    with pytest.raises(ValueError, match="3 patches, 2 values"):
+        viz.patch_values_figure(np.zeros((8, 8, 3), np.uint8), patches, values[:2])
+    with pytest.raises(ValueError, match=r"patches\[0\]: missing 'height'"):
+        viz.patch_values_figure(np.zeros((8, 8, 3), np.uint8), [{"x": 0, "y": 0, "width": 1}],
+                                [1.0])

@@ -1,5 +1,6 @@
-"""Result figures: φ vs object size, the accuracy/compute Pareto front, a scale sweep of one
-image, and an image with its detections."""
+"""Result figures: φ vs object size (one run or several), the accuracy/compute Pareto front,
+AP per object size, scale sweeps (one image, or many with the predicted φ marked), and an image
+with its detections."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -14,15 +15,18 @@ from scipy import stats
 from elastic_lab.viz._common import color, vertical_line
 
 __all__ = [
+    "ap_by_size_figure",
     "detections_figure",
     "pareto_figure",
     "pareto_front",
+    "phi_size_comparison",
     "phi_vs_object_size",
     "scale_sweep_figure",
+    "scale_sweeps_figure",
 ]
 
 SWEEP_TITLES = {"num_detections": "detections above threshold", "mean_score": "mean score",
-                "gflops": "GFLOPs / image", "ms": "latency [ms]"}
+                "gflops": "GFLOPs / image", "ms": "latency [ms]", "recall": "recall (IoU ≥ 0.5)"}
 
 
 def phi_vs_object_size(median_sides: Sequence[float], phis: Sequence[float],
@@ -46,6 +50,59 @@ def phi_vs_object_size(median_sides: Sequence[float], phis: Sequence[float],
     fig.update_yaxes(title="predicted scale φ")
     fig.update_layout(title=f"φ vs object size: Spearman ρ = {rho:.3f} (n = {sides.size})",
                       meta={"spearman": rho}, template="plotly_white")
+    return fig
+
+
+def phi_size_comparison(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+                        ) -> go.Figure:
+    """φ vs median object side for several runs (e.g. with and without the scale loss).
+
+    ``runs`` maps a run name to (median sides [N] px, predicted φ [N]). Images whose median side
+    is not finite (no objects) are left out. Each run is one marker trace with
+    ``meta={"kind": "images", "run": name, "spearman": ρ}`` (scipy's Spearman ρ of the plotted
+    points; NaN when fewer than 3 points or φ is constant).
+    """
+    if not runs:
+        raise ValueError("phi_size_comparison: no runs")
+    fig = go.Figure()
+    for c, (name, (sides, phis)) in enumerate(runs.items()):
+        sides, phis = np.asarray(sides, np.float64), np.asarray(phis, np.float64)
+        if sides.shape != phis.shape or sides.ndim != 1:
+            raise ValueError(f"run {name!r}: median sides {sides.shape} and φ {phis.shape} "
+                             "must be 1-D of the same length")
+        keep = np.isfinite(sides) & np.isfinite(phis)
+        sides, phis = sides[keep], phis[keep]
+        rho = float("nan")
+        if sides.size >= 3 and np.ptp(phis) > 0 and np.ptp(sides) > 0:
+            rho = float(stats.spearmanr(sides, phis).statistic)
+        fig.add_trace(go.Scatter(x=sides, y=phis, mode="markers", name=f"{name} (ρ = {rho:.2f})",
+                                 marker={"size": 7, "opacity": 0.6, "color": color(c)},
+                                 meta={"kind": "images", "run": name, "spearman": rho}))
+    fig.update_xaxes(type="log", title="median object side in the image [px, base resolution]")
+    fig.update_yaxes(title="predicted scale φ")
+    fig.update_layout(title="φ vs object size (Spearman ρ per run)", template="plotly_white")
+    return fig
+
+
+def ap_by_size_figure(metrics: Mapping[str, Mapping[str, float]],
+                      keys: Sequence[str] = ("AP", "AP50", "APs", "APm", "APl")) -> go.Figure:
+    """Grouped bars of COCO metrics (default AP, AP50, AP_S, AP_M, AP_L), one bar group per key
+    and one coloured trace per run (``meta={"kind": "bars", "run": name}``).
+
+    ``metrics`` maps a run name to a metrics dict such as :func:`elastic_lab.evaluate.evaluate`
+    returns; every key must be present and numeric.
+    """
+    if not metrics or not keys:
+        raise ValueError("ap_by_size_figure: need at least one run and one key")
+    fig = go.Figure()
+    for c, (name, m) in enumerate(metrics.items()):
+        missing = [k for k in keys if not isinstance(m.get(k), (int, float))]
+        if missing:
+            raise ValueError(f"run {name!r}: missing numeric metric(s) {missing}")
+        fig.add_trace(go.Bar(x=list(keys), y=[float(m[k]) for k in keys], name=name,
+                             marker={"color": color(c)}, meta={"kind": "bars", "run": name}))
+    fig.update_layout(barmode="group", title="COCO AP by object size", template="plotly_white",
+                      yaxis={"title": "AP", "rangemode": "tozero"})
     return fig
 
 
@@ -139,6 +196,50 @@ def scale_sweep_figure(sweep: Mapping[str, Sequence[float]],
     fig.update_xaxes(title="scale factor φ", row=len(keys), col=1)
     fig.update_layout(height=max(300, 200 * len(keys)), template="plotly_white",
                       title="One image across scales")
+    return fig
+
+
+def scale_sweeps_figure(sweeps: Mapping[str, Mapping[str, Sequence[float]]],
+                        predicted: Mapping[str, float] | None = None,
+                        key: str = "mean_score") -> go.Figure:
+    """Several images each detected at several φ: ``key`` against φ, one line per image.
+
+    ``sweeps`` maps an image name to {"phi": [...], key: [...], ...} (φ ascending). For every
+    image the best φ (the first maximum of ``key``, i.e. the cheapest on ties) gets a star
+    (``meta={"kind": "best", "image", "phi"}``) and, when ``predicted`` names it, the predicted φ
+    a diamond on the line (y interpolated; ``meta={"kind": "predicted", "image", "phi"}``).
+    Lines carry ``meta={"kind": "sweep", "image": name}``.
+    """
+    if not sweeps:
+        raise ValueError("scale_sweeps_figure: no sweeps")
+    predicted = predicted or {}
+    fig = go.Figure()
+    for c, (name, sweep) in enumerate(sweeps.items()):
+        if "phi" not in sweep or key not in sweep:
+            raise ValueError(f"sweep {name!r}: needs 'phi' and '{key}' series")
+        phi, y = np.asarray(sweep["phi"], np.float64), np.asarray(sweep[key], np.float64)
+        if phi.size == 0 or phi.shape != y.shape or np.any(np.diff(phi) <= 0):
+            raise ValueError(f"sweep {name!r}: 'phi' must be non-empty and increasing, with as "
+                             f"many '{key}' values ({phi.size} vs {y.size})")
+        col = color(c)
+        fig.add_trace(go.Scatter(x=phi, y=y, mode="lines+markers", name=name, legendgroup=name,
+                                 line={"color": col}, meta={"kind": "sweep", "image": name}))
+        best = int(np.nanargmax(y)) if np.any(np.isfinite(y)) else 0
+        fig.add_trace(go.Scatter(x=[phi[best]], y=[y[best]], mode="markers", legendgroup=name,
+                                 name=f"{name}: best φ", showlegend=False,
+                                 marker={"symbol": "star", "size": 15, "color": col},
+                                 meta={"kind": "best", "image": name, "phi": float(phi[best])}))
+        if name in predicted:
+            p = float(predicted[name])
+            fig.add_trace(go.Scatter(
+                x=[p], y=[float(np.interp(p, phi, y))], mode="markers", legendgroup=name,
+                name=f"{name}: predicted φ", showlegend=False,
+                marker={"symbol": "diamond-open", "size": 14, "color": col, "line": {"width": 3}},
+                meta={"kind": "predicted", "image": name, "phi": p}))
+    fig.update_xaxes(title="scale factor φ")
+    fig.update_yaxes(title=SWEEP_TITLES.get(key, key))
+    fig.update_layout(title=f"{SWEEP_TITLES.get(key, key)} across scales: ★ best φ, "
+                            "◇ predicted φ", template="plotly_white")
     return fig
 
 
