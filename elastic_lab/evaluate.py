@@ -97,26 +97,17 @@ def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float
     return {k: float(max(v, 0.0)) for k, v in zip(COCO_KEYS, ev.stats[:6])}
 
 
-def median_object_sides(dataset: CocoDetection, image_ids: list[int]) -> dict[int, float]:
-    """Median object side sqrt(w * h) in original pixels per image (images with objects only)."""
-    out = {}
-    for img_id in image_ids:
-        anns = [a for a in dataset.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
-        if anns:
-            out[img_id] = float(np.median([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns]))
-    return out
-
-
 def phi_vs_object_size(dataset: CocoDetection, results: list[dict]) -> dict:
     """Seed experiment 1: Spearman rank correlation between the predicted phi and the median
     object side of each image (negative = small objects get up-scaled)."""
-    from scipy.stats import spearmanr
+    from .analysis import median_object_sides, spearman
 
-    sides = median_object_sides(dataset, [r["image_id"] for r in results])
-    pairs = [(sides[r["image_id"]], r["phi"]) for r in results if r["image_id"] in sides]
+    sides = dict(zip(dataset.ids, median_object_sides(dataset)))
+    pairs = [(sides[r["image_id"]], r["phi"]) for r in results
+             if not np.isnan(sides.get(r["image_id"], np.nan))]
     if len(pairs) < 3:
         return {"spearman_phi_vs_median_side": None}
-    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
     return {"spearman_phi_vs_median_side": float(rho), "num_images_with_objects": len(pairs)}
 
 

@@ -9,9 +9,7 @@
   :func:`ensure_synth`, :func:`train_run` (the training code of ``elastic-lab train``),
   :func:`load_or_train` (a shipped checkpoint, or a tiny model trained for a few steps when the
   file is missing), :func:`first_images`, :func:`holdout_split`, :func:`coco_size_counts`.
-- Analysis of the seed experiments: :func:`median_object_sides`,
-  :func:`phi_object_size_table`, :func:`spearman`, :func:`compare_to_baseline`,
-  :func:`image_scale_sweep`.
+- Analysis of the seed experiments lives in :mod:`elastic_lab.analysis` (re-exported here).
 """
 from __future__ import annotations
 
@@ -23,15 +21,13 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
-from torchvision.ops import box_convert, box_iou
 
 from elastic_lab import train
 from elastic_lab.data.coco import load_coco, read_annotation_json
@@ -41,12 +37,9 @@ from elastic_lab.distribution_loss import (
     fit_beta_moments,
     target_beta,
 )
-from elastic_lab.evaluate import FlopTable
 from elastic_lab.models.build import load_model
-from elastic_lab.resize import base_size_scale
 from elastic_lab.runtime import resolve_device, split_paths
 from elastic_lab.scale_loss import concat_sides, scale_loss, size_bins, up_probability
-from elastic_lab.viz.results import pareto_front
 
 __all__ = [
     "PROJECT_ROOT",
@@ -381,120 +374,13 @@ def coco_size_counts(ann_file: str | os.PathLike) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------- seed experiments
-def median_object_sides(dataset, base_size: int | None = None,
-                        max_size: int | None = None) -> np.ndarray:
-    """Median object side sqrt(w·h) per image of a CocoDetection, in item order: [N] float64.
-
-    In original pixels, or at the base resolution (φ = 1) when ``base_size`` is given.
-    Crowd boxes and categories outside the dataset's mapping are ignored; images without
-    objects get NaN.
-    """
-    out = np.full(len(dataset), np.nan)
-    for i, image_id in enumerate(dataset.ids):
-        sides = [math.sqrt(max(a["bbox"][2], 0.0) * max(a["bbox"][3], 0.0))
-                 for a in dataset.coco.imgToAnns.get(image_id, [])
-                 if not a.get("iscrowd", 0) and a["category_id"] in dataset.cat_id_to_label]
-        if sides:
-            info = dataset.coco.imgs[image_id]
-            factor = 1.0 if base_size is None else base_size_scale(
-                int(info["height"]), int(info["width"]), base_size, max_size)
-            out[i] = float(np.median(sides)) * factor
-    return out
 
 
-@torch.no_grad()
-def phi_object_size_table(model, dataset, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Seed experiment 1: per image, the predicted φ next to its objects' median side.
-
-    Runs only the scale predictor (no detector). Returns columns of equal length N:
-    "image_id", "phi", "median_side" (px at the base resolution, NaN without objects),
-    "num_objects", "regime" (the synthetic set's image record field, "" when absent).
-    """
-    device = next(model.parameters()).device
-    phis = []
-    for start in range(0, len(dataset), batch_size):
-        images = [dataset[i][0].to(device) for i in range(start, min(start + batch_size,
-                                                                    len(dataset)))]
-        phis.append(model.predict_phi(images).reshape(-1))
-    records = [dataset.coco.imgs[i] for i in dataset.ids]
-    return {
-        "image_id": np.array(dataset.ids),
-        "phi": torch.cat(phis).double().numpy() if phis else np.zeros(0),
-        "median_side": median_object_sides(dataset, model.base_size, model.max_size),
-        "num_objects": np.array([sum(not a.get("iscrowd", 0)
-                                     for a in dataset.coco.imgToAnns.get(r["id"], []))
-                                 for r in records]),
-        "regime": np.array([str(r.get("regime", "")) for r in records]),
-    }
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman ρ over the pairs where both are finite; NaN for < 3 pairs or a constant side."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
-
-
-def compare_to_baseline(baseline: Sequence[Mapping], ap: float, gflops: float) -> dict:
-    """A model at (ap, gflops) against a baseline evaluated at several scales.
-
-    The baseline's Pareto front (points {"ap", "gflops"}) is read as a piecewise-linear curve.
-    Returns {"baseline_ap_at_equal_gflops" (clamped at the ends), "ap_gain",
-    "baseline_gflops_at_equal_ap" (None when the baseline never reaches ``ap``),
-    "compute_saved" = 1 − gflops / that (None likewise), "extrapolated" (gflops outside the
-    baseline's range)}.
-    """
-    front = [baseline[i] for i in pareto_front(baseline, "gflops")]
-    g = np.array([float(p["gflops"]) for p in front])
-    a = np.maximum.accumulate(np.array([float(p["ap"]) for p in front]))
-    ap_equal = float(np.interp(gflops, g, a))
-    if ap > a[-1]:
-        needed = None
-    elif ap <= a[0]:
-        needed = float(g[0])
-    else:
-        j = int(np.argmax(a >= ap))  # first front point at or above ap; a[j-1] < ap <= a[j]
-        needed = float(g[j - 1] + (ap - a[j - 1]) / (a[j] - a[j - 1]) * (g[j] - g[j - 1]))
-    return {"baseline_ap_at_equal_gflops": ap_equal, "ap_gain": float(ap) - ap_equal,
-            "baseline_gflops_at_equal_ap": needed,
-            "compute_saved": None if needed is None else 1.0 - float(gflops) / needed,
-            "extrapolated": bool(gflops < g[0] or gflops > g[-1])}
-
-
-@torch.no_grad()
-def image_scale_sweep(model, dataset, index: int, scales: Sequence[float],
-                      threshold: float = 0.3, flops=None, iou: float = 0.5) -> dict:
-    """Item ``index`` of a CocoDetection detected at each forced φ in ``scales``.
-
-    Returns {"phi": [...], "mean_score" (of detections ≥ threshold; 0 when none),
-    "num_detections", "recall" (ground-truth objects matched by a same-class detection ≥
-    threshold with IoU ≥ ``iou``; NaN without objects), "gflops" (detector at that size),
-    "predicted_phi" (the model's own choice: a float), "image_id"}.
-    """
-    image, target = dataset[index]
-    device = next(model.parameters()).device
-    x = image.to(device)
-    flops = flops or FlopTable(model)
-    h, w = target["orig_size"].tolist()
-    gt = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-    rows: dict = {"phi": [], "mean_score": [], "num_detections": [], "recall": [], "gflops": []}
-    for s in sorted(float(v) for v in scales):
-        dets, out = model.detect([x], torch.full((1,), s))
-        d = {k: v.cpu() for k, v in dets[0].items()}
-        keep = d["scores"] >= threshold
-        boxes, labels, scores = d["boxes"][keep], d["labels"][keep], d["scores"][keep]
-        recall = float("nan")
-        if len(gt):
-            hit = (box_iou(gt, boxes) >= iou) & (target["labels"][:, None] == labels[None, :])
-            recall = float(hit.any(dim=1).float().mean())
-        rows["phi"].append(s)
-        rows["mean_score"].append(float(scores.mean()) if len(scores) else 0.0)
-        rows["num_detections"].append(int(keep.sum()))
-        rows["recall"].append(recall)
-        rows["gflops"].append(flops.detector(*out["image_sizes"][0].tolist()))
-    rows["predicted_phi"] = float(model.predict_phi([x])[0])
-    rows["image_id"] = int(target["image_id"])
-    return rows
+# re-exported for the notebooks
+from elastic_lab.analysis import (
+    compare_to_baseline,
+    image_scale_sweep,
+    median_object_sides,
+    phi_object_size_table,
+    spearman,
+)
