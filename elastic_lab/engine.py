@@ -14,11 +14,11 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data.sampler import group_by_size
+from .distributed import all_finite, world_gather, world_mean
 from .models.elastic_detr import ElasticDETR
 from .resize import padding_ratio
 
@@ -115,37 +115,6 @@ def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float]
     flat = world_mean(torch.stack([losses[k].detach().float() for k in names] + [total.detach()]))
     values = dict(zip(names + ["loss"], flat.tolist()))
     return values, outputs
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_finite(total: Tensor) -> bool:
-    """Whether the loss is finite on every rank (all ranks skip a step together)."""
-    ok = torch.isfinite(total.detach()).float().reshape(1)
-    if _distributed():
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item() > 0)
-
-
-def world_gather(x: Tensor) -> Tensor:
-    """Concatenation of a 1-D CPU tensor over ranks (same length on every rank)."""
-    x = x.detach().cpu()
-    if not _distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x)
-    return torch.cat(parts)
-
-
-def world_mean(x: Tensor) -> Tensor:
-    """Mean of a tensor over ranks (identity in a single process), for logging."""
-    if _distributed():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
 
 
 def batch_stats(outputs: dict) -> dict[str, float]:

@@ -20,11 +20,10 @@ import torch.distributed as dist
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from .data.coco import CocoDetection, boxes_to_coco, collate_fn
+from .data.coco import CocoDetection, collate_fn
 from .flops import count_flops, measure_latency_ms
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
-from .resize import pad_batch
 from .runtime import add_device_arguments, resolve_device, split_paths
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

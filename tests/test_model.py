@@ -126,7 +126,7 @@ def test_transformer_flops_match_analytic_count():
     mask = torch.zeros(B, N, dtype=torch.bool)
     anchors = torch.rand(B, N, 4) * 0.5 + 0.25
     measured = count_flops(lambda: tr(src, pos, mask, anchors))
-    mlp3 = lambda n, dout: linear_flops(n, d, d) * 2 + linear_flops(n, d, dout)  # noqa: E731
+    mlp3 = lambda n, dout: linear_flops(n, d, d) * 2 + linear_flops(n, d, dout)
     enc = 2 * (mha_flops(N, N, d) + linear_flops(N, d, ff) + linear_flops(N, ff, d))
     first = linear_flops(N, d, d) + linear_flops(N, d, C) + mlp3(N, 4)
     queries = linear_flops(K, d, d)

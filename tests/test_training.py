@@ -55,7 +55,7 @@ def test_elastic_step_updates_both_networks_and_gamma(synth_dir):
     assert all(np.isfinite(v) for v in values.values())
     assert values["loss_scale"] > 0 and "loss_dist" in values
     after = model.state_dict()
-    changed = lambda prefix: any(not torch.equal(before[k], after[k])  # noqa: E731
+    changed = lambda prefix: any(not torch.equal(before[k], after[k])
                                  for k in before if k.startswith(prefix))
     assert changed("detector.") and changed("predictor.")
     assert not torch.equal(before["log_gamma"], after["log_gamma"])
@@ -192,7 +192,7 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     import re
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
-    name = lambda spec: re.split(r"[<>=!\[ ]", spec.strip())[0].lower().replace("_", "-")  # noqa: E731
+    name = lambda spec: re.split(r"[<>=!\[ ]", spec.strip())[0].lower().replace("_", "-")
     yaml = pytest.importorskip("yaml")
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

@@ -76,8 +76,8 @@ class Backbone(nn.Module):
         self.num_channels = _CHANNELS[name][list(_STRIDES).index(return_layer)]
         self.stride = _STRIDES[return_layer]
         if freeze_stem:  # DETR trains layer2 onwards only; saves ~40 % of the backbone's time
-            for name in ("conv1", "bn1", "layer1"):
-                for p in getattr(net, name).parameters():
+            for layer in ("conv1", "bn1", "layer1"):
+                for p in getattr(net, layer).parameters():
                     p.requires_grad_(False)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

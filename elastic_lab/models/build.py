@@ -30,7 +30,7 @@ class ModelOptions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelOptions":
+    def from_dict(cls, d: dict) -> ModelOptions:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

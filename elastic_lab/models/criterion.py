@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
+from ..distributed import all_sum, world_mean
 from ..distribution_loss import BinLossEMA, balance_loss, distribution_loss
 from ..scale_loss import scale_loss, size_bins
 from .matcher import HungarianMatcher
@@ -50,18 +50,11 @@ def weight_dict(num_decoder_layers: int, elastic: bool, ce: float = 2.0, bbox: f
     return weights
 
 
-def _world_mean(x: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
-
-
 class SetCriterion(nn.Module):
     """Hungarian matching + named loss terms.
 
-    forward(outputs, targets) -> dict of scalar losses; ``self.last_stats`` keeps detached
-    statistics for logging (per-bin localization losses, target Beta).
+    forward(outputs, targets) -> dict of scalar losses. In elastic mode ``self.bin_ema`` keeps
+    the per-bin EMA of matched localization losses (synchronised over ranks).
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, focal_alpha: float = 0.25,
@@ -72,7 +65,6 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.elastic = elastic
         self.bin_ema = BinLossEMA(momentum=elastic.ema_momentum) if elastic else None
-        self.last_stats: dict[str, float | list[float]] = {}
 
     def detection_losses(self, outputs: dict, targets: list[dict], indices, num_boxes: float
                          ) -> dict[str, Tensor]:
@@ -95,9 +87,9 @@ class SetCriterion(nn.Module):
                 "_per_object_loc": (loss_bbox.sum(1) + (1 - giou)).detach()}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        num_boxes = _world_mean(torch.tensor(float(sum(len(t["labels"]) for t in targets))))
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        num_boxes = max(num_boxes.item() / world, 1.0)
+        # boxes per process, averaged over ranks (DDP averages the gradients): DETR's normaliser
+        local = torch.tensor([float(sum(len(t["labels"]) for t in targets))])
+        num_boxes = max(float(world_mean(local)), 1.0)
 
         indices = self.matcher(outputs, targets)
         main = self.detection_losses(outputs, targets, indices, num_boxes)
@@ -131,7 +123,7 @@ class SetCriterion(nn.Module):
             bins = size_bins(matched_sides, log_gamma.detach(), opt.b_s, opt.b_l)
             sums = torch.zeros(3).index_add_(0, bins.cpu(), per_object_loc.float().cpu())
             counts = torch.zeros(3).index_add_(0, bins.cpu(), torch.ones(len(bins)))
-            sums, counts = _world_mean(sums), _world_mean(counts)
+            sums, counts = all_sum(sums), all_sum(counts)
             seen = counts > 0
             if seen.any():
                 self.bin_ema.update((sums[seen] / counts[seen]), torch.arange(3)[seen])

@@ -113,7 +113,7 @@ def postprocess(outputs: dict, orig_sizes: Tensor, top_k: int = 100) -> list[dic
     from torchvision.ops import box_convert
 
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-    B, Q, C = logits.shape
+    _, Q, C = logits.shape
     prob = logits.float().sigmoid().flatten(1)                    # [B, Q*C]
     k = min(top_k, Q * C)
     scores, idx = prob.topk(k, dim=1)
