@@ -126,7 +126,8 @@ def batch_stats(outputs: dict) -> dict[str, float]:
     pixels = outputs["image_sizes"].prod(1).sum().float().cpu().reshape(1)
     stats = {"phi_mean": float(phi.mean()), "phi_std": float(phi.std()) if len(phi) > 1 else 0.0,
              "phi_min": float(phi.min()), "phi_max": float(phi.max()),
-             "padding_ratio": float(pad), "pixels": float(world_gather(pixels).sum())}
+             "padding_ratio": float(pad), "pixels": float(world_gather(pixels).sum()),
+             "padded_pixels": float(world_gather(pixels).sum()) / max(1e-9, 1 - float(pad))}
     if "scale" in outputs:
         stats["u_values"] = world_gather(outputs["scale"]["u"].detach().float()).tolist()
     return stats

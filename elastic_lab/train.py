@@ -47,7 +47,7 @@ class TrainOptions:
     warmup_steps: int = 100
     lr_drop: float | None = None
     seed: int = 0
-    pool_batches: int = 24
+    pool_batches: int = 48
     log_every: int = 10
     checkpoint_every: int = 1
     warmup_epochs: int = 0
@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-layers", type=int, default=2)
     p.add_argument("--hidden-dim", type=int, default=128)
     p.add_argument("--thumb-size", type=int, default=64, help="predictor thumbnail long side")
-    p.add_argument("--pool-batches", type=int, default=24,
+    p.add_argument("--pool-batches", type=int, default=48,
                    help="batches loaded together and grouped by processed size")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="elastic: epochs with random phi for the detector")
@@ -169,6 +169,9 @@ class MetricsLog:
             return None
         keys = [k for k in self.rows[-1] if isinstance(self.rows[-1][k], float)]
         out = {k: sum(r.get(k, 0.0) for r in self.rows) / len(self.rows) for k in keys}
+        # padding over the interval: padded pixels / all processed pixels (not a mean of ratios)
+        out["padding_ratio"] = 1 - sum(r["pixels"] for r in self.rows) / sum(
+            r["padded_pixels"] for r in self.rows)
         out["phi_min"] = min(r["phi_min"] for r in self.rows)
         out["phi_max"] = max(r["phi_max"] for r in self.rows)
         u = [v for r in self.rows for v in r.get("u_values", [])]
