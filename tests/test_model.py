@@ -154,11 +154,11 @@ def test_model_overfits_two_images():
     for step in range(150):
         losses = crit(model(images, torch.ones(2)), targets)
         total = sum(losses[k] * weights[k] for k in losses)
-        first = first if first is not None else float(total)
+        first = first if first is not None else float(total.detach())
         opt.zero_grad()
         total.backward()
         opt.step()
-    assert float(total) < 0.3 * first
+    assert float(total.detach()) < 0.3 * first
     model.eval()
     dets, _ = model.detect(images, torch.ones(2), top_k=1)
     for det, t in zip(dets, targets):
