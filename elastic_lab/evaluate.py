@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from .data.coco import CocoDetection, collate_fn
@@ -79,8 +80,7 @@ def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float
     """COCOeval bbox AP, AP50, AP75, APs, APm, APl of detections in original pixels."""
     dets = []
     for r in results:
-        xywh = r["boxes"].clone()
-        xywh[:, 2:] -= xywh[:, :2]
+        xywh = box_convert(r["boxes"], "xyxy", "xywh")
         for box, score, label in zip(xywh.tolist(), r["scores"].tolist(), r["labels"].tolist()):
             dets.append({"image_id": r["image_id"], "category_id":
                          dataset.label_to_cat_id[label], "bbox": box, "score": score})
