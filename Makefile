@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synth
 
-.PHONY: demo test install predict-demo bench lab checkpoints data lint clean
+.PHONY: demo test install predict-demo bench bench-speed lab checkpoints data lint clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch/torchvision first, pinned to the pair that is on these machines' disk (docs: README)
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,compare]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +37,9 @@ checkpoints: $(STAMP)
 	bash scripts/make_checkpoints.sh
 
 bench: $(STAMP)
+	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks
+
+bench-speed: $(STAMP)
 	$(BIN)/python scripts/benchmark_speed.py
 
 lab: $(STAMP)

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("elastic_lab.train", "train a detector (fixed, multiscale or elastic)"),
     "eval": ("elastic_lab.evaluate", "COCO AP, GFLOPs, latency and scale statistics"),
     "predict": ("elastic_lab.predict", "detect objects in images"),
+    "bench": ("elastic_lab.bench", "fixed vs multiscale vs elastic at the same budget"),
     "export": ("elastic_lab.export", "write a small inference checkpoint"),
     "dota-split": ("elastic_lab.data.dota_split", "split DOTA images into COCO-format patches"),
     "synth-aerial": ("elastic_lab.data.synth_aerial", "generate a DOTA-format aerial set"),

@@ -192,7 +192,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, synth_dir, capsys):
 def test_environment_yml_names_the_same_packages_as_pyproject():
     import re
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["dev"] + extras["compare"]
     name = lambda spec: re.split(r"[<>=!\[ ]", spec.strip())[0].lower().replace("_", "-")
     yaml = pytest.importorskip("yaml")
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
