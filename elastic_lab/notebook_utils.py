@@ -253,7 +253,9 @@ def train_run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, mode: str
     first (metrics.jsonl is appended to, never mixed). A non-empty ``out_dir`` that is not a
     run folder raises ValueError.
     """
-    out_dir = Path(out_dir)
+    # absolute paths: the same run is recognised from the project root (make bench) and from
+    # notebooks/ (the notebooks' working folder)
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     argv = ["--data", str(data_dir), "--split", split, "--out", str(out_dir), "--mode", mode,
             "--max-steps", str(max_steps), "--epochs", "1000000", "--seed", str(seed),
             "--device", device, "--log-every", str(log_every or max(1, max_steps // 25)),

@@ -1,6 +1,7 @@
 """Tests of the notebook helpers (paths, runs, data splits, seed-experiment analysis)."""
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def test_ensure_synth_generates_only_missing_splits(tmp_path):
     assert len(json.loads((out / "annotations/instances_test.json").read_text())["images"]) == 1
 
 
-def test_train_run_reuses_identical_runs_and_refuses_foreign_folders(synth_dir, tmp_path):
+def test_train_run_reuses_identical_runs_and_refuses_foreign_folders(synth_dir, tmp_path,
+                                                                    monkeypatch):
     out = tmp_path / "run"
     ckpt = train_run(synth_dir, out, "elastic", 2, SMOKE_MODEL_ARGS)
     stamp = ckpt.stat().st_mtime_ns
@@ -80,6 +82,10 @@ def test_train_run_reuses_identical_runs_and_refuses_foreign_folders(synth_dir, 
     assert [r["step"] for r in rows] == [1, 2]
     assert train_run(synth_dir, out, "elastic", 2, SMOKE_MODEL_ARGS) == ckpt
     assert ckpt.stat().st_mtime_ns == stamp  # reused, not retrained
+    with monkeypatch.context() as m:  # the same run named by relative paths (notebooks/ cwd)
+        m.chdir(out)
+        rel = train_run(os.path.relpath(synth_dir, out), ".", "elastic", 2, SMOKE_MODEL_ARGS)
+    assert rel == ckpt and ckpt.stat().st_mtime_ns == stamp
     train_run(synth_dir, out, "elastic", 1, SMOKE_MODEL_ARGS)  # other options: fresh run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # the old rows were not mixed in
