@@ -107,12 +107,13 @@ def _train_argv(opts: BenchOptions, spec: RunSpec) -> list[str]:
 def train_bench_run(opts: BenchOptions, spec: RunSpec) -> tuple[Path, float]:
     """Train (or reuse) one run; returns (checkpoint, training seconds of the run that made it)."""
     out = Path(opts.out) / "runs" / spec.name
-    timing = out / "bench_train_seconds.json"
+    timing, ckpt = out / "bench_train_seconds.json", out / "checkpoint.pt"
+    before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
     t0 = time.perf_counter()
     ckpt = train_run(opts.data, out, spec.mode, opts.budget_steps, _train_argv(opts, spec),
                      device=opts.device, seed=opts.seed, reuse=opts.reuse)
     seconds = time.perf_counter() - t0
-    if timing.is_file() and seconds < 0.5 * json.loads(timing.read_text())["seconds"]:
+    if timing.is_file() and before is not None and ckpt.stat().st_mtime_ns == before:
         return ckpt, json.loads(timing.read_text())["seconds"]  # reused: the original time
     timing.write_text(json.dumps({"seconds": seconds}))
     return ckpt, seconds

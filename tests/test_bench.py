@@ -119,9 +119,13 @@ def test_bench_smoke_points_comparisons_and_report(smoke_bench):
 def test_bench_reuses_finished_runs(smoke_bench):
     ckpts = sorted((smoke_bench / "runs").glob("*/checkpoint.pt"))
     before = {p: p.stat().st_mtime_ns for p in ckpts}
+    first = json.loads((smoke_bench / "results.json").read_text())["runs"]
     assert main(["bench", "--smoke", "--out", str(smoke_bench), "--device", "cpu",
                  "--compare-hf", "no"]) == 0
     assert {p: p.stat().st_mtime_ns for p in ckpts} == before
     results = json.loads((smoke_bench / "results.json").read_text())
+    # a reused run reports the training time of the run that made it, not the reuse time
+    assert {n: r["train_seconds"] for n, r in results["runs"].items()} == \
+        {n: r["train_seconds"] for n, r in first.items()}
     assert results["speed_vs_hf"] == {"skipped": "--compare-hf no"}
     assert "Not measured: --compare-hf no" in markdown(results)
