@@ -83,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="freeze the backbone's conv1 and layer1 (DETR's choice; faster on CPU)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop (and checkpoint) after this much training time")
+    p.add_argument("--return-layer", default="layer3", choices=["layer2", "layer3", "layer4"],
+                   help="ResNet stage the transformer reads: stride 8 / 16 / 32")
     p.add_argument("--num-queries", type=int, default=30)
     p.add_argument("--dec-layers", type=int, default=3)
     p.add_argument("--enc-layers", type=int, default=2)
@@ -114,7 +116,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOpti
     """Split the command line into model, optimisation and loss options."""
     detr = DetrOptions(backbone=args.backbone, backbone_weights=args.backbone_weights,
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
-                       num_decoder_layers=args.dec_layers, num_queries=args.num_queries, freeze_stem=args.freeze_stem)
+                       num_decoder_layers=args.dec_layers, num_queries=args.num_queries,
+                       return_layer=args.return_layer, freeze_stem=args.freeze_stem)
     model = ModelOptions(mode=args.mode, base_size=args.base_size, max_size=args.max_size,
                          tau_min=args.tau_min, tau_max=args.tau_max, thumb_size=args.thumb_size,
                          predictor_weights=args.backbone_weights, detr=detr)

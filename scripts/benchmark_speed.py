@@ -1,7 +1,7 @@
 """Training images/s and inference ms/image of the default detector at several base sizes.
 
     python scripts/benchmark_speed.py [--sizes 128 256 384] [--batch-size 8] [--steps 5]
-        [--device auto] [--mode fixed|elastic] [--json OUT]
+        [--device auto] [--amp] [--mode fixed|elastic] [--json OUT]
 
 Random images of the base size (square), random initialisation; medians over --steps timed
 steps after one warm-up. Prints a Markdown table. A benchmark, not a test: numbers depend on
@@ -22,7 +22,7 @@ from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
 from elastic_lab.models.detr import DetrOptions
 from elastic_lab.models.matcher import HungarianMatcher
-from elastic_lab.runtime import resolve_device
+from elastic_lab.runtime import autocast_context, resolve_device
 
 
 def fake_batch(n: int, size: int, device, num_classes: int = 6, seed: int = 0):
@@ -54,8 +54,9 @@ def bench(size: int, args, device) -> dict:
     for i in range(args.steps + 1):
         sync()
         t0 = time.perf_counter()
-        losses = crit(model(images, phi), targets)
-        total = sum(losses[k] * weights[k] for k in losses)
+        with autocast_context(device, args.amp):
+            losses = crit(model(images, phi), targets)
+            total = sum(losses[k] * weights[k] for k in losses)
         optim.zero_grad()
         total.backward()
         optim.step()
@@ -65,7 +66,7 @@ def bench(size: int, args, device) -> dict:
     train_ips = args.batch_size / statistics.median(times)
     model.eval()
     lat = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_context(device, args.amp):
         for i in range(args.steps + 1):
             sync()
             t0 = time.perf_counter()
@@ -88,11 +89,13 @@ def main() -> None:
     p.add_argument("--mode", choices=["fixed", "elastic"], default="fixed")
     p.add_argument("--freeze-stem", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision (bfloat16 on CPU: AMX/AVX-512 BF16 units, float16 on CUDA)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
     rows = [bench(s, args, device) for s in args.sizes]
-    print(f"device: {device}, threads: {torch.get_num_threads()}, mode: {args.mode}, "
+    print(f"device: {device}, threads: {torch.get_num_threads()}, mode: {args.mode}, amp: {args.amp}, "
           f"batch {args.batch_size}, freeze_stem={args.freeze_stem}")
     print("| base size | train images/s | inference ms/image | GFLOPs/image |")
     print("|---|---|---|---|")

@@ -107,6 +107,28 @@ def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path):
         assert rb["phi_mean"] == pytest.approx(ra["phi_mean"], rel=1e-5)
 
 
+def test_amp_and_return_layer_options_reach_the_run(synth_dir, tmp_path):
+    """--amp (bfloat16 autocast on the CPU) trains to the same losses as float32 within bf16
+    precision; --return-layer layer2 gives a stride-8 detector and is stored in the checkpoint."""
+    runs = {}
+    for name, extra in (("fp32", []), ("amp", ["--amp"])):
+        runs[name] = tmp_path / name
+        assert cli(["train", "--data", str(synth_dir), "--out", str(runs[name]), "--mode",
+                    "fixed", "--max-steps", "3", "--device", "cpu", *SMALL, *extra]) == 0
+    a, b = read_metrics(runs["fp32"]), read_metrics(runs["amp"])
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert np.isfinite(rb["loss"]) and rb["loss"] == pytest.approx(ra["loss"], rel=0.05)
+    assert any(ra["loss"] != rb["loss"] for ra, rb in zip(a, b)), "--amp changed nothing"
+
+    run = tmp_path / "layer2"
+    assert cli(["train", "--data", str(synth_dir), "--out", str(run), "--mode", "fixed",
+                "--max-steps", "1", "--return-layer", "layer2", *SMALL]) == 0
+    model, ckpt = load_model(run / "checkpoint.pt")
+    assert ckpt["model_options"]["detr"]["return_layer"] == "layer2"
+    assert model.stride == 8 and model.detector.backbone.num_channels == 128
+
+
 def test_metrics_log_elastic_statistics(elastic_run):
     rows = read_metrics(elastic_run)
     assert len(rows) == 4
