@@ -53,6 +53,29 @@ def frozen_bn_stats(module: nn.Module):
             m.momentum = mom
 
 
+def hflip_pool(images: list[Tensor], targets: list[dict], prob: float, seed: int, epoch: int,
+               pool: int) -> tuple[list[Tensor], list[dict]]:
+    """DETR's random horizontal flip, applied to each image of a pool with probability ``prob``.
+
+    images: [3, H, W] each (unpadded); targets: "boxes" [N, 4] normalised cxcywh (cx -> 1 - cx).
+    The draws depend only on (seed, epoch, pool), so a resumed run flips the same images.
+    """
+    if prob <= 0:
+        return images, targets
+    g = torch.Generator().manual_seed(seed * 7_919 + epoch * 1_000_003 + pool * 104_729 + 2)
+    flips = (torch.rand(len(images), generator=g) < prob).tolist()
+    out_images, out_targets = [], []
+    for image, target, flip in zip(images, targets, flips):
+        if flip:
+            image = image.flip(-1)
+            boxes = target["boxes"].clone()
+            boxes[:, 0] = 1.0 - boxes[:, 0]
+            target = {**target, "boxes": boxes}
+        out_images.append(image)
+        out_targets.append(target)
+    return out_images, out_targets
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator that depends only on (seed, global step): exact resume needs no RNG state."""
     return torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)

@@ -25,7 +25,8 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .data.coco import CocoDetection, collate_fn
 from .data.sampler import PoolSampler, shard
 from .distribution_loss import fit_beta_moments, target_beta
-from .engine import StepPolicy, batch_stats, check_finite, lr_factor, plan_pool, train_step
+from .engine import (StepPolicy, batch_stats, check_finite, hflip_pool, lr_factor, plan_pool,
+                     train_step)
 from .models.build import ModelOptions, build_model
 from .models.criterion import ElasticLossOptions, SetCriterion, weight_dict
 from .models.detr import DetrOptions
@@ -52,6 +53,7 @@ class TrainOptions:
     checkpoint_every: int = 1
     warmup_epochs: int = 0
     explore_noise: float = 0.0
+    hflip: float = 0.0               # probability of a horizontal flip per training image
     max_bad_steps: int = 5
     lambda_scale: float = 1.0
     lambda_dist: float = 1.0
@@ -95,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="elastic: epochs with random phi for the detector")
     p.add_argument("--explore-noise", type=float, default=0.0, help="elastic: noise std on u")
+    p.add_argument("--hflip", type=float, default=0.0,
+                   help="probability of flipping a training image horizontally (DETR: 0.5)")
     p.add_argument("--no-scale-loss", action="store_true", help="ablation: drop L_scale")
     p.add_argument("--no-distribution-loss", action="store_true", help="ablation: drop L_dist")
     p.add_argument("--distribution-loss", choices=["beta-w1", "balance"], default="beta-w1")
@@ -114,6 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOptions,
                                                          ElasticLossOptions]:
     """Split the command line into model, optimisation and loss options."""
+    if not 0.0 <= args.hflip <= 1.0:
+        raise ValueError(f"--hflip is a probability in [0, 1], got {args.hflip}")
     detr = DetrOptions(backbone=args.backbone, backbone_weights=args.backbone_weights,
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
                        num_decoder_layers=args.dec_layers, num_queries=args.num_queries,
@@ -126,7 +132,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOpti
                          lr_drop=args.lr_drop, seed=args.seed, pool_batches=args.pool_batches,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          warmup_epochs=args.warmup_epochs, explore_noise=args.explore_noise,
-                         max_bad_steps=args.max_bad_steps)
+                         hflip=args.hflip, max_bad_steps=args.max_bad_steps)
     b_s = args.boundary_small if args.boundary_small is not None else 32.0 * args.base_size / 800
     b_l = args.boundary_large if args.boundary_large is not None else 96.0 * args.base_size / 800
     loss = ElasticLossOptions(b_s=b_s, b_l=b_l,
@@ -283,6 +289,7 @@ def train(args: argparse.Namespace) -> Path:
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                        for t in targets]
+            images, targets = hflip_pool(images, targets, opts.hflip, opts.seed, epoch, pool_idx)
             plan = pending or plan_pool(model, images, opts.batch_size, policy, opts.seed, step)
             pending = None
             for b, (positions, phi) in enumerate(plan):

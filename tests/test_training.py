@@ -13,7 +13,7 @@ from elastic_lab.cli import main as cli
 from elastic_lab.data.coco import CocoDetection, collate_fn
 from elastic_lab.data.sampler import group_by_size
 from elastic_lab.data.synth import sample_size
-from elastic_lab.engine import train_step
+from elastic_lab.engine import hflip_pool, train_step
 from elastic_lab.evaluate import coco_metrics
 from elastic_lab.models.build import ModelOptions, build_model, load_model
 from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
@@ -94,12 +94,13 @@ def test_bucketed_pools_keep_padding_under_15_percent():
 
 def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
+    aug = ["--hflip", "0.5"]  # the flips of a resumed pool are those of the interrupted one
     assert cli(["train", "--data", str(synth_dir), "--out", str(full), "--mode", "elastic",
-                "--max-steps", "6", *SMALL]) == 0
+                "--max-steps", "6", *SMALL, *aug]) == 0
     assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--mode", "elastic",
-                "--max-steps", "3", *SMALL]) == 0   # stops mid-pool
+                "--max-steps", "3", *SMALL, *aug]) == 0   # stops mid-pool
     assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--resume",
-                "--max-steps", "6", *SMALL]) == 0
+                "--max-steps", "6", *SMALL, *aug]) == 0
     a, b = read_metrics(full), read_metrics(part)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
@@ -127,6 +128,29 @@ def test_amp_and_return_layer_options_reach_the_run(synth_dir, tmp_path):
     model, ckpt = load_model(run / "checkpoint.pt")
     assert ckpt["model_options"]["detr"]["return_layer"] == "layer2"
     assert model.stride == 8 and model.detector.backbone.num_channels == 128
+
+
+def test_hflip_mirrors_images_and_boxes_together():
+    """A bright box drawn in the image stays under its (flipped) box; draws are reproducible."""
+    images, targets = [], []
+    for i in range(16):
+        im = torch.zeros(3, 20, 30)
+        im[:, 4:10, 2 + i:8 + i] = 1.0                       # x 2+i..8+i, y 4..10 (pixels)
+        box = torch.tensor([[(5.0 + i) / 30, 7.0 / 20, 6.0 / 30, 6.0 / 20]])  # cxcywh
+        images.append(im)
+        targets.append({"boxes": box, "labels": torch.tensor([0])})
+    out_i, out_t = hflip_pool(images, targets, 0.5, seed=3, epoch=1, pool=2)
+    again_i, _ = hflip_pool(images, targets, 0.5, seed=3, epoch=1, pool=2)
+    flipped = [not torch.equal(a, b) for a, b in zip(images, out_i)]
+    assert 0 < sum(flipped) < len(images)                  # some, not all, at p = 0.5
+    assert all(torch.equal(a, b) for a, b in zip(out_i, again_i))
+    for im, t, f, orig in zip(out_i, out_t, flipped, targets):
+        cx, cy, w, h = t["boxes"][0].tolist()
+        x0, x1 = round((cx - w / 2) * 30), round((cx + w / 2) * 30)
+        y0, y1 = round((cy - h / 2) * 20), round((cy + h / 2) * 20)
+        assert im[0, y0:y1, x0:x1].min() == 1.0 and im[0].sum() == (x1 - x0) * (y1 - y0)
+        assert (t["boxes"][0, 0] != orig["boxes"][0, 0]) == f
+    assert hflip_pool(images, targets, 0.0, 3, 1, 2) == (images, targets)
 
 
 def test_metrics_log_elastic_statistics(elastic_run):
