@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synth
 
-.PHONY: demo test install predict-demo bench bench-speed lab checkpoints data lint clean
+.PHONY: demo test install predict-demo bench bench-speed lab checkpoints train-20min data lint clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -35,6 +35,9 @@ data: $(STAMP)
 
 checkpoints: $(STAMP)
 	bash scripts/make_checkpoints.sh
+
+train-20min: $(STAMP)
+	bash scripts/train_20min.sh
 
 bench: $(STAMP)
 	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks
