@@ -43,7 +43,8 @@ bench: $(STAMP)
 	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks
 
 bench-speed: $(STAMP)
-	$(BIN)/python scripts/benchmark_speed.py
+	$(BIN)/python scripts/benchmark_speed.py --freeze-stem
+	$(BIN)/python scripts/benchmark_speed.py --freeze-stem --amp
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
