@@ -25,8 +25,15 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .data.coco import CocoDetection, collate_fn
 from .data.sampler import PoolSampler, shard
 from .distribution_loss import fit_beta_moments, target_beta
-from .engine import (StepPolicy, batch_stats, check_finite, hflip_pool, lr_factor, plan_pool,
-                     train_step)
+from .engine import (
+    StepPolicy,
+    batch_stats,
+    check_finite,
+    hflip_pool,
+    lr_factor,
+    plan_pool,
+    train_step,
+)
 from .models.build import ModelOptions, build_model
 from .models.criterion import ElasticLossOptions, SetCriterion, weight_dict
 from .models.detr import DetrOptions
