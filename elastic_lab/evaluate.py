@@ -25,7 +25,7 @@ from .data.coco import CocoDetection, collate_fn
 from .flops import count_flops, measure_latency_ms
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
-from .runtime import add_device_arguments, resolve_device, split_paths
+from .runtime import add_device_arguments, autocast_context, resolve_device, split_paths
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -110,6 +110,17 @@ def phi_vs_object_size(dataset: CocoDetection, results: list[dict]) -> dict:
     return {"spearman_phi_vs_median_side": float(rho), "num_images_with_objects": len(pairs)}
 
 
+def phi_by_regime(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+    """Mean predicted phi per value of the images' "regime" field (the synthetic set records
+    tiny / medium / mixed / large / empty per image); {} when the images have no such field."""
+    groups: dict[str, list[float]] = {}
+    for r in results:
+        regime = dataset.coco.imgs[r["image_id"]].get("regime")
+        if regime is not None:
+            groups.setdefault(str(regime), []).append(r["phi"])
+    return {g: float(np.mean(v)) for g, v in sorted(groups.items())}
+
+
 def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
              scale: float | None = None, latency_images: int = 20, progress: bool = True
              ) -> dict:
@@ -148,6 +159,7 @@ def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
     })
     if metrics["mode"] == "elastic":
         metrics.update(phi_vs_object_size(dataset, results))
+        metrics["phi_by_regime"] = phi_by_regime(dataset, results)
     hist, edges = np.histogram(phis, bins=10, range=(model.tau_min, model.tau_max))
     metrics["phi_histogram"] = {"counts": hist.tolist(), "edges": edges.tolist()}
     n = min(latency_images, len(dataset))
@@ -205,10 +217,13 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    model, ckpt = load_model(args.checkpoint, resolve_device(args.device, local_rank))
+    device = resolve_device(args.device, local_rank)
+    model, ckpt = load_model(args.checkpoint, device)
+    amp = autocast_context(device, args.amp)  # --amp: float16 (CUDA) / bfloat16 (CPU) inference
     if args.dota:
-        metrics = dota_metrics(model, args.data, args.split, args.scale, args.dota_src,
-                               args.batch_size)
+        with amp:
+            metrics = dota_metrics(model, args.data, args.split, args.scale, args.dota_src,
+                                   args.batch_size)
         text = json.dumps(metrics, indent=2)
         if args.json:
             Path(args.json).write_text(text)
@@ -216,13 +231,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     image_dir, ann = split_paths(args.data, args.split)
     dataset = CocoDetection(image_dir, ann, categories=ckpt["categories"])
-    metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
+    with amp:
+        metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
     if dist.is_initialized():
         rank = dist.get_rank()
         dist.destroy_process_group()
         if rank != 0:
             return 0
-    metrics.update({"checkpoint": str(args.checkpoint), "split": args.split})
+    metrics.update({"checkpoint": str(args.checkpoint), "split": args.split, "amp": args.amp})
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from .evaluate import FlopTable
 from .flops import measure_latency_ms
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
-from .runtime import add_device_arguments, resolve_device
+from .runtime import add_device_arguments, autocast_context, resolve_device
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -111,12 +111,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, ckpt = load_model(args.checkpoint, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
     flops = FlopTable(model)
     results = []
     for path in args.images:
-        r = predict_image(model, ckpt["categories"], load_image(path), args.threshold,
-                          args.scale, not args.no_timing, flops)
+        with autocast_context(device, args.amp):
+            r = predict_image(model, ckpt["categories"], load_image(path), args.threshold,
+                              args.scale, not args.no_timing, flops)
         results.append({"image": str(path), **r})
     if args.json:
         print(json.dumps(results, indent=2))

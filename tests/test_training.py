@@ -14,7 +14,7 @@ from elastic_lab.data.coco import CocoDetection, collate_fn
 from elastic_lab.data.sampler import group_by_size
 from elastic_lab.data.synth import sample_size
 from elastic_lab.engine import hflip_pool, train_step
-from elastic_lab.evaluate import coco_metrics
+from elastic_lab.evaluate import coco_metrics, phi_by_regime
 from elastic_lab.models.build import ModelOptions, build_model, load_model
 from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
 from elastic_lab.models.matcher import HungarianMatcher
@@ -204,6 +204,7 @@ def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
         assert key in m, key
     assert 0.5 <= m["mean_scale"] <= 1.5
     assert m["gflops_per_image"] == pytest.approx(m["detector_gflops"] + m["predictor_gflops"])
+    assert m["phi_by_regime"] and all(0.5 <= v <= 1.5 for v in m["phi_by_regime"].values())
     forced = tmp_path / "forced.json"
     assert cli(["eval", "--checkpoint", str(elastic_run / "checkpoint.pt"), "--data",
                 str(synth_dir), "--json", str(forced), "--scale", "1.0",
@@ -222,6 +223,50 @@ def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
                                            json.loads((synth_dir / "annotations" /
                                                        "instances_val.json").read_text())
                                            ["categories"]}
+
+
+def test_phi_by_regime_averages_phi_per_synthetic_regime(synth_dir):
+    ds = CocoDetection(*split_paths(synth_dir, "val"))
+    regimes = {i: ds.coco.imgs[i]["regime"] for i in ds.ids}
+    results = [{"image_id": i, "phi": 0.5 + k / 10} for k, i in enumerate(ds.ids)]
+    expected = {}
+    for r in results:
+        expected.setdefault(regimes[r["image_id"]], []).append(r["phi"])
+    got = phi_by_regime(ds, results)
+    assert set(got) == set(expected) and len(got) >= 2
+    for g, v in expected.items():
+        assert got[g] == pytest.approx(np.mean(v))
+    for img in ds.coco.imgs.values():
+        del img["regime"]
+    assert phi_by_regime(ds, results) == {}
+
+
+def test_eval_and_predict_honour_amp(elastic_run, synth_dir, tmp_path, capsys):
+    """--amp at inference runs under bfloat16 autocast on the CPU: phi and boxes (kept in
+    float32 by the model) stay within bf16 precision of the float32 run, AP is recorded as amp."""
+    ckpt = str(elastic_run / "checkpoint.pt")
+    image = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    preds = {}
+    for name, extra in (("fp32", []), ("amp", ["--amp"])):
+        capsys.readouterr()
+        assert cli(["predict", "--checkpoint", ckpt, str(image), "--json", "--threshold", "0",
+                    "--no-timing", "--device", "cpu", *extra]) == 0
+        preds[name] = json.loads(capsys.readouterr().out)[0]
+    a, b = preds["fp32"], preds["amp"]
+    assert b["phi"] == pytest.approx(a["phi"], abs=0.02)
+    best_a = max(a["detections"], key=lambda d: d["score"])
+    best_b = max(b["detections"], key=lambda d: d["score"])
+    assert best_b["score"] == pytest.approx(best_a["score"], abs=0.05)
+    if b["processed_size"] == a["processed_size"] and best_a["label"] == best_b["label"]:
+        side = max(a["width"], a["height"])
+        assert np.allclose(best_b["box"], best_a["box"], atol=0.05 * side)
+    assert [d["score"] for d in a["detections"]] != [d["score"] for d in b["detections"]], \
+        "--amp changed nothing"
+    out = tmp_path / "amp.json"
+    assert cli(["eval", "--checkpoint", ckpt, "--data", str(synth_dir), "--json", str(out),
+                "--latency-images", "0", "--device", "cpu", "--amp"]) == 0
+    m = json.loads(out.read_text())
+    assert m["amp"] is True and 0.0 <= m["AP"] <= 1.0 and 0.5 <= m["mean_scale"] <= 1.5
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, synth_dir, capsys):

@@ -142,7 +142,7 @@ class ScalePredictor(nn.Module):
         tokens = torch.cat((scale, tokens), dim=1)  # [B, 1 + h·w, d]
         key_mask = torch.cat((fmask.new_zeros(b, 1), fmask.flatten(1)), dim=1)  # [B, 1 + h·w]
         memory = self.encoder(tokens, src_key_padding_mask=key_mask)
-        logit = self.head(memory[:, 0]).squeeze(-1)  # [B]
+        logit = self.head(memory[:, 0]).squeeze(-1).float()  # [B], float32 under autocast too
         u = torch.sigmoid(logit)
         phi = self.tau_min + (self.tau_max - self.tau_min) * u
         return {"logit": logit, "u": u, "phi": phi}

@@ -129,7 +129,8 @@ class TwoStageTransformer(nn.Module):
         # first stage: proposals relative to the grid anchors
         out = self.enc_output(memory.masked_fill(mask[..., None], 0.0))
         enc_logits = self.enc_class(out)                                  # [B, N, C]
-        enc_boxes = (self.enc_box(out) + inverse_sigmoid(anchors)).sigmoid()  # [B, N, 4]
+        # box arithmetic in float32 even under autocast: bfloat16 keeps ~3 digits, ~1 px at 256 px
+        enc_boxes = (self.enc_box(out).float() + inverse_sigmoid(anchors)).sigmoid()  # [B, N, 4]
 
         # top-K tokens by best class score (class-aware selection), padding excluded
         score = enc_logits.max(-1).values.masked_fill(mask, float("-inf"))
@@ -143,7 +144,7 @@ class TwoStageTransformer(nn.Module):
         for layer, class_head, box_head in zip(self.decoder, self.class_heads, self.box_heads):
             query_pos = self.query_pos(box_sine_embedding(ref, self.d_model // 2))
             tgt = layer(tgt, query_pos, memory, pos, mask)
-            new_ref = (box_head(tgt) + inverse_sigmoid(ref)).sigmoid()
+            new_ref = (box_head(tgt).float() + inverse_sigmoid(ref)).sigmoid()
             logits.append(class_head(tgt))
             boxes.append(new_ref)
             ref = new_ref.detach()
