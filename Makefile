@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synth
 
-.PHONY: demo test install predict-demo bench bench-speed lab checkpoints train-20min data lint clean
+.PHONY: demo test install predict-demo readme-figure bench bench-speed lab checkpoints train-20min data lint clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 predict-demo: $(STAMP)
 	$(BIN)/elastic-lab predict --checkpoint checkpoints/elastic_synth.pt examples/*.png
+
+# the README picture: the shipped elastic checkpoint on the bundled examples
+readme-figure: $(STAMP)
+	$(BIN)/elastic-lab overview --checkpoint checkpoints/elastic_synth.pt --device cpu \
+	  examples/tiny.png examples/mixed.png examples/large.png --out docs/overview.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("elastic_lab.train", "train a detector (fixed, multiscale or elastic)"),
     "eval": ("elastic_lab.evaluate", "COCO AP, GFLOPs, latency and scale statistics"),
     "predict": ("elastic_lab.predict", "detect objects in images"),
+    "overview": ("elastic_lab.overview", "draw predictions on a few images side by side (PNG)"),
     "bench": ("elastic_lab.bench", "fixed vs multiscale vs elastic at the same budget"),
     "export": ("elastic_lab.export", "write a small inference checkpoint"),
     "dota-split": ("elastic_lab.data.dota_split", "split DOTA images into COCO-format patches"),
