@@ -180,6 +180,23 @@ def test_phi_object_size_table_is_the_predictor_per_image(synth_dir):
     assert list(table["image_id"]) == ds.ids
 
 
+def test_phi_on_generated_scenes_runs_the_predictor_on_fresh_scenes_of_each_regime():
+    from elastic_lab.analysis import phi_on_generated_scenes
+    from elastic_lab.data.synth import render_scene
+    from elastic_lab.predict import image_tensor
+
+    model = _tiny_model()
+    t = phi_on_generated_scenes(model, ["tiny", "large", "empty"], 3, seed=5, size=(160, 128))
+    assert list(t["regime"]) == ["tiny"] * 3 + ["large"] * 3 + ["empty"] * 3
+    image, anns = render_scene(np.random.default_rng([5, 7920, 1, 2]), "large", (160, 128))
+    assert t["phi"][5] == pytest.approx(float(model.predict_phi([image_tensor(image)])[0]),
+                                        abs=1e-5)
+    side = np.median([math.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns])
+    assert t["median_side"][5] == pytest.approx(side * base_size_scale(128, 160, 64, None))
+    assert np.all(np.isnan(t["median_side"][6:]))  # empty scenes have no objects
+    assert np.nanmax(t["median_side"][:3]) < np.nanmin(t["median_side"][3:6])  # tiny < large
+
+
 def test_spearman_ignores_missing_pairs():
     x = np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0])
     y = np.array([6.0, 4.0, 1.0, 3.0, np.inf, 0.5])
