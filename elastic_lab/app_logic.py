@@ -341,7 +341,8 @@ def check_phi(model: ElasticDETR, phi: float) -> None:
 
 # --------------------------------------------------------------------------- presentation
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at ``size`` px (the bitmap default where FreeType is missing)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError, OSError):  # Pillow without FreeType
@@ -366,7 +367,7 @@ def draw_detections(image: Image.Image, detections: list[dict], categories: list
     canvas = image.convert("RGB") if s == 1.0 else image.resize(size, Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(canvas)
     index = {c["id"]: i for i, c in enumerate(categories)}
-    font = _font(max(10, round(max(canvas.size) / 60)))
+    font = label_font(max(10, round(max(canvas.size) / 60)))
     line = max(1, round(max(canvas.size) / 400))
     ranked = sorted(detections, key=lambda d: -d["score"])
     for rank in range(len(ranked) - 1, -1, -1):  # best drawn last, on top

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .app_logic import _font, draw_detections
+from .app_logic import draw_detections, label_font
 from .data.coco import load_image
 from .evaluate import FlopTable
 from .models.build import load_model
@@ -48,7 +48,7 @@ def draw_panel(image: Image.Image, result: dict, categories: list[dict], name: s
     shown = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
     scaled = [{**d, "box": [v * k for v in d["box"]]} for d in result["detections"]]
     drawn = draw_detections(shown, scaled, categories)
-    font = _font(13)
+    font = label_font(13)
     lines = caption_lines(name, result)
     line_h = 18
     text_w = max(ImageDraw.Draw(drawn).textlength(t, font=font) for t in lines)
