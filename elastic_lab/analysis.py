@@ -11,9 +11,10 @@ import torch
 from scipy import stats
 from torchvision.ops import box_convert, box_iou
 
-from .evaluate import FlopTable
+from .data.image import image_tensor
+from .data.synth import EXAMPLE_SIZE, render_scene
+from .flops import FlopTable
 from .resize import base_size_scale
-from .viz.results import pareto_front
 
 
 def median_object_sides(dataset, base_size: int | None = None,
@@ -73,9 +74,6 @@ def phi_on_generated_scenes(model, regimes: Sequence[str], per_regime: int, seed
     of length len(regimes)·per_regime: "regime", "phi", "median_side" (px at the base
     resolution, NaN for scenes without objects).
     """
-    from .data.synth import EXAMPLE_SIZE, render_scene
-    from .predict import image_tensor
-
     width, height = size or EXAMPLE_SIZE
     to_base = base_size_scale(height, width, model.base_size, model.max_size)
     device = next(model.parameters()).device
@@ -102,6 +100,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(stats.spearmanr(x, y).statistic)
+
+
+def pareto_front(points: Sequence[Mapping], x: str = "gflops") -> list[int]:
+    """Indices of the non-dominated points (lower ``x`` and higher "ap" are better), sorted by x.
+
+    A point is dominated when another is at least as good in both and strictly better in one.
+    """
+    xs = np.array([float(p[x]) for p in points])
+    ys = np.array([float(p["ap"]) for p in points])
+    keep = []
+    for i in range(len(points)):
+        better_eq = (xs <= xs[i]) & (ys >= ys[i])
+        strictly = (xs < xs[i]) | (ys > ys[i])
+        if not np.any(better_eq & strictly):
+            keep.append(i)
+    return sorted(keep, key=lambda i: (xs[i], -ys[i]))
 
 
 def compare_to_baseline(baseline: Sequence[Mapping], ap: float, gflops: float) -> dict:

@@ -33,11 +33,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from plotly.subplots import make_subplots
 
-from .evaluate import FlopTable
-from .flops import measure_latency_ms
+from .data.image import image_tensor, to_rgb
+from .flops import FlopTable, LatencyTable
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
-from .predict import image_tensor, predict_image, scale_sweep, to_rgb
+from .predict import predict_image, scale_sweep
 from .resize import processed_size
 
 MAX_PIXELS = 40_000_000            # refuse larger images before decoding them (decompression bombs)
@@ -157,44 +157,6 @@ def check_processed_size(model: ElasticDETR, width: int, height: int,
             f"{name}: a {width} x {height} px image (aspect ratio 1:{max(width, height) / min(width, height):.0f}) "
             f"would reach the detector as {w} x {h} px at phi = {model.tau_max:g}, more than "
             f"{limit / 1e6:.0f} megapixels; crop it to a less elongated shape")
-
-
-# --------------------------------------------------------------------------- timing
-class LatencyTable:
-    """Measured milliseconds of the detector per processed (h, w) and of the predictor, memoised.
-
-    Each entry is the median of ``repeats`` timed calls after ``warmup`` untimed ones, on a
-    blank input of that size (a DETR's compute does not depend on pixel values).
-    """
-
-    def __init__(self, model: ElasticDETR, warmup: int = 1, repeats: int = 3):
-        self.model, self.warmup, self.repeats = model, warmup, repeats
-        self._det: dict[tuple[int, int], float] = {}
-        self._pred: dict[tuple[int, int], float] = {}
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.inference_mode()
-    def detector(self, h: int, w: int) -> float:
-        if (h, w) not in self._det:
-            x = torch.zeros(1, 3, h, w, device=self.device)
-            mask = torch.zeros(1, h, w, dtype=torch.bool, device=self.device)
-            self._det[(h, w)] = measure_latency_ms(lambda: self.model.detector(x, mask),
-                                                   self.warmup, self.repeats, self.device)
-        return self._det[(h, w)]
-
-    @torch.inference_mode()
-    def predictor(self, h: int, w: int) -> float:
-        """Predictor time for an original image of (h, w) (thumbnail resize included)."""
-        if self.model.predictor is None:
-            return 0.0
-        if (h, w) not in self._pred:
-            image = torch.zeros(3, h, w, device=self.device)
-            self._pred[(h, w)] = measure_latency_ms(lambda: self.model.predictor([image]),
-                                                    self.warmup, self.repeats, self.device)
-        return self._pred[(h, w)]
 
 
 # --------------------------------------------------------------------------- the model service

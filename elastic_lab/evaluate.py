@@ -21,39 +21,16 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 from tqdm import tqdm
 
+from .analysis import median_object_sides, spearman
 from .data.coco import CocoDetection, collate_fn
-from .flops import count_flops, measure_latency_ms
+from .data.image import image_tensor
+from .dota_eval import evaluate_detector_on_dota
+from .flops import FlopTable, measure_latency_ms
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
 from .runtime import add_device_arguments, autocast_context, resolve_device, split_paths
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class FlopTable:
-    """GFLOPs of the detector per processed (h, w) and of the predictor per thumbnail, memoised."""
-
-    def __init__(self, model: ElasticDETR):
-        self.model = model
-        self._det: dict[tuple[int, int], float] = {}
-        self._pred: dict[tuple[int, int], float] = {}
-
-    def detector(self, h: int, w: int) -> float:
-        if (h, w) not in self._det:
-            p = next(self.model.parameters())
-            x = torch.zeros(1, 3, h, w, device=p.device)
-            mask = torch.zeros(1, h, w, dtype=torch.bool, device=p.device)
-            self._det[(h, w)] = count_flops(lambda: self.model.detector(x, mask)) / 1e9
-        return self._det[(h, w)]
-
-    def predictor(self, h: int, w: int) -> float:
-        """Predictor GFLOPs for an original image of (h, w) (its thumbnail depends on that only)."""
-        if self.model.predictor is None:
-            return 0.0
-        if (h, w) not in self._pred:
-            image = torch.zeros(3, h, w, device=next(self.model.parameters()).device)
-            self._pred[(h, w)] = count_flops(lambda: self.model.predictor([image])) / 1e9
-        return self._pred[(h, w)]
 
 
 @torch.no_grad()
@@ -99,8 +76,6 @@ def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float
 def phi_vs_object_size(dataset: CocoDetection, results: list[dict]) -> dict:
     """Seed experiment 1: Spearman rank correlation between the predicted phi and the median
     object side of each image (negative = small objects get up-scaled)."""
-    from .analysis import median_object_sides, spearman
-
     sides = dict(zip(dataset.ids, median_object_sides(dataset)))
     pairs = [(sides[r["image_id"]], r["phi"]) for r in results
              if not np.isnan(sides.get(r["image_id"], np.nan))]
@@ -193,9 +168,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def dota_metrics(model: ElasticDETR, split_dir: str, split: str, scale: float | None,
                  src_dir: str | None = None, batch_size: int = 8) -> dict:
     """Full-image DOTA evaluation of a model run patch by patch (dota_eval.py does the merging)."""
-    from .dota_eval import evaluate_detector_on_dota
-    from .predict import image_tensor
-
     device = next(model.parameters()).device
     phis: list[float] = []
 

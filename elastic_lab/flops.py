@@ -34,7 +34,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models.elastic_detr import ElasticDETR
+
 __all__ = [
+    "FlopTable",
+    "LatencyTable",
     "attention_flops",
     "conv2d_flops",
     "count_flops",
@@ -173,3 +177,67 @@ def measure_latency_ms(
         _synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return float(statistics.median(times))
+
+
+# --------------------------------------------------------------------------- memo tables
+class FlopTable:
+    """GFLOPs of the detector per processed (h, w) and of the predictor per thumbnail, memoised."""
+
+    def __init__(self, model: ElasticDETR):
+        self.model = model
+        self._det: dict[tuple[int, int], float] = {}
+        self._pred: dict[tuple[int, int], float] = {}
+
+    def detector(self, h: int, w: int) -> float:
+        if (h, w) not in self._det:
+            p = next(self.model.parameters())
+            x = torch.zeros(1, 3, h, w, device=p.device)
+            mask = torch.zeros(1, h, w, dtype=torch.bool, device=p.device)
+            self._det[(h, w)] = count_flops(lambda: self.model.detector(x, mask)) / 1e9
+        return self._det[(h, w)]
+
+    def predictor(self, h: int, w: int) -> float:
+        """Predictor GFLOPs for an original image of (h, w) (its thumbnail depends on that only)."""
+        if self.model.predictor is None:
+            return 0.0
+        if (h, w) not in self._pred:
+            image = torch.zeros(3, h, w, device=next(self.model.parameters()).device)
+            self._pred[(h, w)] = count_flops(lambda: self.model.predictor([image])) / 1e9
+        return self._pred[(h, w)]
+
+
+class LatencyTable:
+    """Measured milliseconds of the detector per processed (h, w) and of the predictor, memoised.
+
+    Each entry is the median of ``repeats`` timed calls after ``warmup`` untimed ones, on a
+    blank input of that size (a DETR's compute does not depend on pixel values).
+    """
+
+    def __init__(self, model: ElasticDETR, warmup: int = 1, repeats: int = 3):
+        self.model, self.warmup, self.repeats = model, warmup, repeats
+        self._det: dict[tuple[int, int], float] = {}
+        self._pred: dict[tuple[int, int], float] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def detector(self, h: int, w: int) -> float:
+        if (h, w) not in self._det:
+            x = torch.zeros(1, 3, h, w, device=self.device)
+            mask = torch.zeros(1, h, w, dtype=torch.bool, device=self.device)
+            self._det[(h, w)] = measure_latency_ms(lambda: self.model.detector(x, mask),
+                                                   self.warmup, self.repeats, self.device)
+        return self._det[(h, w)]
+
+    @torch.inference_mode()
+    def predictor(self, h: int, w: int) -> float:
+        """Predictor time for an original image of (h, w) (thumbnail resize included)."""
+        if self.model.predictor is None:
+            return 0.0
+        if (h, w) not in self._pred:
+            image = torch.zeros(3, h, w, device=self.device)
+            self._pred[(h, w)] = measure_latency_ms(lambda: self.model.predictor([image]),
+                                                    self.warmup, self.repeats, self.device)
+        return self._pred[(h, w)]

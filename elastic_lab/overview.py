@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from .app_logic import draw_detections, label_font
 from .data.coco import load_image
-from .evaluate import FlopTable
+from .flops import FlopTable
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
 from .predict import predict_image

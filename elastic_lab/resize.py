@@ -32,8 +32,8 @@ def processed_size(
     Rounded to the nearest multiple of ``stride`` (at least one stride).
     """
     scale = base_size_scale(height, width, base_size, max_size) * float(phi)
-    h = max(stride, int(round(height * scale / stride)) * stride)
-    w = max(stride, int(round(width * scale / stride)) * stride)
+    h = max(stride, round(height * scale / stride) * stride)
+    w = max(stride, round(width * scale / stride) * stride)
     return h, w
 
 

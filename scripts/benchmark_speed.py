@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from elastic_lab.evaluate import FlopTable
+from elastic_lab.flops import FlopTable
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
 from elastic_lab.models.detr import DetrOptions

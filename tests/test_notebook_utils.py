@@ -182,8 +182,8 @@ def test_phi_object_size_table_is_the_predictor_per_image(synth_dir):
 
 def test_phi_on_generated_scenes_runs_the_predictor_on_fresh_scenes_of_each_regime():
     from elastic_lab.analysis import phi_on_generated_scenes
+    from elastic_lab.data.image import image_tensor
     from elastic_lab.data.synth import render_scene
-    from elastic_lab.predict import image_tensor
 
     model = _tiny_model()
     t = phi_on_generated_scenes(model, ["tiny", "large", "empty"], 3, seed=5, size=(160, 128))

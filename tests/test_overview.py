@@ -7,10 +7,10 @@ from PIL import Image
 
 from elastic_lab.checkpoint import save_checkpoint
 from elastic_lab.cli import main as cli
+from elastic_lab.data.image import image_tensor
 from elastic_lab.data.synth import categories_for, write_examples
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.overview import GAP, caption_lines, draw_panel, overview_image
-from elastic_lab.predict import image_tensor
 from tests.test_model import TINY
 
 

@@ -212,7 +212,7 @@ def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
     f = json.loads(forced.read_text())
     assert f["mean_scale"] == 1.0 and f["gflops_per_image"] == pytest.approx(f["gflops_phi1"])
     capsys.readouterr()
-    image = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    image = min((synth_dir / "images" / "val").glob("*.png"))
     assert cli(["predict", "--checkpoint", str(elastic_run / "checkpoint.pt"), str(image),
                 "--json", "--threshold", "0"]) == 0
     r = json.loads(capsys.readouterr().out)[0]
@@ -245,7 +245,7 @@ def test_eval_and_predict_honour_amp(elastic_run, synth_dir, tmp_path, capsys):
     """--amp at inference runs under bfloat16 autocast on the CPU: phi and boxes (kept in
     float32 by the model) stay within bf16 precision of the float32 run, AP is recorded as amp."""
     ckpt = str(elastic_run / "checkpoint.pt")
-    image = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    image = min((synth_dir / "images" / "val").glob("*.png"))
     preds = {}
     for name, extra in (("fp32", []), ("amp", ["--amp"])):
         capsys.readouterr()
@@ -270,7 +270,7 @@ def test_eval_and_predict_honour_amp(elastic_run, synth_dir, tmp_path, capsys):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, synth_dir, capsys):
-    png = sorted((synth_dir / "images" / "val").glob("*.png"))[0]
+    png = min((synth_dir / "images" / "val").glob("*.png"))
     with pytest.raises(CheckpointError, match=str(png.name)):
         load_model(png)
     assert cli(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 1

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint
 from .detr import DetrOptions, build_detr
 from .elastic_detr import ElasticDETR
 from .scale_predictor import ScalePredictor
@@ -62,10 +65,6 @@ def load_model(path, device: str | None = "cpu") -> tuple[ElasticDETR, dict]:
     Returns (model, checkpoint dict). Raises CheckpointError naming the file when the file is
     not a usable model checkpoint.
     """
-    import torch
-
-    from ..checkpoint import CheckpointError, load_checkpoint
-
     ckpt = load_checkpoint(path)
     missing = [k for k in ("model", "model_options", "categories") if k not in ckpt]
     if missing:

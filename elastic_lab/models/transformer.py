@@ -11,6 +11,7 @@ its reference box (in logit space), detached before the next layer. Attention is
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ class MLP(nn.Module):
     def __init__(self, din: int, dhidden: int, dout: int, num_layers: int):
         super().__init__()
         dims = [din] + [dhidden] * (num_layers - 1) + [dout]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):

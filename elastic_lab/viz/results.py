@@ -12,13 +12,13 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from scipy import stats
 
+from elastic_lab.analysis import pareto_front
 from elastic_lab.viz._common import color, vertical_line
 
 __all__ = [
     "ap_by_size_figure",
     "detections_figure",
     "pareto_figure",
-    "pareto_front",
     "phi_size_comparison",
     "phi_vs_object_size",
     "scale_sweep_figure",
@@ -117,21 +117,6 @@ def _points_xy(points: Sequence[Mapping], x: str) -> tuple[np.ndarray, np.ndarra
         xs.append(float(p[x]))
         ys.append(float(p["ap"]))
     return np.array(xs), np.array(ys)
-
-
-def pareto_front(points: Sequence[Mapping], x: str = "gflops") -> list[int]:
-    """Indices of the non-dominated points (lower ``x`` and higher "ap" are better), sorted by x.
-
-    A point is dominated when another is at least as good in both and strictly better in one.
-    """
-    xs, ys = _points_xy(points, x)
-    keep = []
-    for i in range(len(points)):
-        better_eq = (xs <= xs[i]) & (ys >= ys[i])
-        strictly = (xs < xs[i]) | (ys > ys[i])
-        if not np.any(better_eq & strictly):
-            keep.append(i)
-    return sorted(keep, key=lambda i: (xs[i], -ys[i]))
 
 
 def pareto_figure(points: Sequence[Mapping], x: str = "gflops") -> go.Figure:
