@@ -1,5 +1,6 @@
-"""Analysis of the seed experiments: phi vs object size, compute saved against a baseline's
-Pareto front, and per-image scale sweeps (used by ``eval``, the notebooks and the benchmark)."""
+"""Analysis of the seed experiments: phi vs object size, predictor fidelity (does φ follow the
+scale loss's own optimum φ*?), compute saved against a baseline's Pareto front, and per-image
+scale sweeps (used by ``eval``, the notebooks, the app and the benchmark)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .data.image import image_tensor
 from .data.synth import EXAMPLE_SIZE, render_scene
 from .flops import FlopTable
 from .resize import base_size_scale
+from .scale_loss import scale_optimum
 
 
 def median_object_sides(dataset, base_size: int | None = None,
@@ -90,6 +92,92 @@ def phi_on_generated_scenes(model, regimes: Sequence[str], per_regime: int, seed
         phis.append(model.predict_phi(images).reshape(-1))
     return {"regime": np.array(names), "phi": torch.cat(phis).double().numpy(),
             "median_side": np.array(sides)}
+
+
+def base_object_sides(dataset, index: int, base_size: int, max_size: int | None) -> torch.Tensor:
+    """Object sides sqrt(w·h) of item ``index`` of a CocoDetection at φ = 1 (pixels): [N]."""
+    target = dataset.coco.imgs[dataset.ids[index]]
+    factor = base_size_scale(int(target["height"]), int(target["width"]), base_size, max_size)
+    sides = [math.sqrt(max(a["bbox"][2], 0.0) * max(a["bbox"][3], 0.0)) * factor
+             for a in dataset.coco.imgToAnns.get(dataset.ids[index], [])
+             if not a.get("iscrowd", 0) and a["category_id"] in dataset.cat_id_to_label]
+    return torch.tensor(sides, dtype=torch.float64)
+
+
+def loss_optimum(model, base_sides: Sequence[torch.Tensor], loss_options: Mapping
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """u*, φ* of each image for ``model``'s boundaries: the scale loss's own optimum.
+
+    ``loss_options`` are the run's scale-loss options (a checkpoint's "loss_options": b_s,
+    b_l, k, empty_target); γ is the model's learned one (1 for models without a predictor).
+    Returns two float64 arrays [N] (see :func:`elastic_lab.scale_loss.scale_optimum`).
+    """
+    g = float(model.log_gamma.detach()) if model.log_gamma is not None else 0.0
+    empty = loss_options.get("empty_target", 0.0)
+    u, phi = scale_optimum(base_sides, g, model.tau_min, model.tau_max,
+                           float(loss_options["b_s"]), float(loss_options["b_l"]),
+                           float(loss_options.get("k", 6.0)), 0.0 if empty is None else empty)
+    return u.numpy(), phi.numpy()
+
+
+def fidelity_summary(u: Sequence[float], u_star: Sequence[float], tau_min: float,
+                     tau_max: float, regimes: Sequence[str] | None = None,
+                     median_sides: Sequence[float] | None = None) -> dict:
+    """How well predicted scales u follow their targets u*: the numbers of issue-style reports.
+
+    Returns {"pearson_u", "mae_u", "sd_u", "sd_u_star", "mean_phi", "mean_phi_star",
+    "num_images"} plus, when given, "by_regime" {regime: {"phi", "phi_star", "n"}} and
+    "spearman_phi_vs_median_side" (images with objects). Pearson is NaN for a constant side.
+    """
+    u, u_star = np.asarray(u, np.float64), np.asarray(u_star, np.float64)
+    if u.shape != u_star.shape or u.ndim != 1 or u.size == 0:
+        raise ValueError(f"u {u.shape} and u_star {u_star.shape}: need equal 1-D shapes")
+    phi = tau_min + (tau_max - tau_min) * u
+    phi_star = tau_min + (tau_max - tau_min) * u_star
+    pearson = (float(np.corrcoef(u, u_star)[0, 1])
+               if u.size > 1 and np.ptp(u) > 0 and np.ptp(u_star) > 0 else float("nan"))
+    out = {"pearson_u": pearson, "mae_u": float(np.abs(u - u_star).mean()),
+           "sd_u": float(u.std()), "sd_u_star": float(u_star.std()),
+           "mean_phi": float(phi.mean()), "mean_phi_star": float(phi_star.mean()),
+           "num_images": int(u.size)}
+    if regimes is not None:
+        regimes = np.asarray(regimes)
+        out["by_regime"] = {str(r): {"phi": float(phi[regimes == r].mean()),
+                                     "phi_star": float(phi_star[regimes == r].mean()),
+                                     "n": int((regimes == r).sum())}
+                            for r in sorted(set(regimes.tolist())) if r != ""}
+    if median_sides is not None:
+        out["spearman_phi_vs_median_side"] = spearman(median_sides, phi)
+    return out
+
+
+@torch.no_grad()
+def predictor_fidelity(model, dataset, loss_options: Mapping, batch_size: int = 16,
+                       indices: Sequence[int] | None = None) -> dict:
+    """Predicted u against the scale loss's optimum u* on (part of) a CocoDetection.
+
+    Runs only the scale predictor. ``loss_options`` as in :func:`loss_optimum`. Returns
+    :func:`fidelity_summary` of the images plus the per-image columns "u", "u_star"
+    (lists), so that callers can plot them.
+    """
+    if model.predictor is None:
+        raise ValueError("predictor_fidelity needs an elastic model (it has no scale predictor)")
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    device = next(model.parameters()).device
+    u = []
+    for start in range(0, len(indices), batch_size):
+        images = [dataset[i][0].to(device) for i in indices[start:start + batch_size]]
+        u.append(model.predictor(images)["u"].float().cpu())
+    u = torch.cat(u).double().numpy()
+    sides = [base_object_sides(dataset, i, model.base_size, model.max_size) for i in indices]
+    u_star, _ = loss_optimum(model, sides, loss_options)
+    records = [dataset.coco.imgs[dataset.ids[i]] for i in indices]
+    medians = [float(s.median()) if s.numel() else math.nan for s in sides]
+    out = fidelity_summary(u, u_star, model.tau_min, model.tau_max,
+                           [str(r.get("regime", "")) for r in records], medians)
+    out.update({"u": u.tolist(), "u_star": u_star.tolist()})
+    return out
+
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

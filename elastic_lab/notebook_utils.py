@@ -39,7 +39,7 @@ from elastic_lab.distribution_loss import (
 )
 from elastic_lab.models.build import load_model
 from elastic_lab.runtime import resolve_device, split_paths
-from elastic_lab.scale_loss import concat_sides, scale_loss, size_bins, up_probability
+from elastic_lab.scale_loss import ideal_scale, scale_loss
 
 __all__ = [
     "PROJECT_ROOT",
@@ -102,27 +102,6 @@ def random_object_sides(num_images: int, seed: int = 0, min_side: float = 8.0,
         log_s = typical + spread * torch.randn(n, generator=g)
         out.append(log_s.clamp(lo, hi).exp())
     return out
-
-
-@torch.no_grad()
-def ideal_scale(sides_per_image: Sequence[Tensor], log_gamma: float, b_s: float = 32.0,
-                b_l: float = 96.0, k: float = 6.0, empty_target: float = 0.0) -> Tensor:
-    """Per-image u that minimises the scale loss at γ = exp(log_gamma).
-
-    Setting d/du Σ_bins mean_{j∈bin} BCE(u, P_up,j) = 0 gives u* = mean over the non-empty
-    bins of the bin's mean P_up. Images without objects get ``empty_target``. Returns [B].
-    """
-    like = torch.zeros((), dtype=torch.float64)
-    sides, image_index, counts = concat_sides(sides_per_image, like)
-    p_up = up_probability(sides, float(log_gamma), b_s, b_l, k)  # [N]
-    cell = image_index * 3 + size_bins(sides, float(log_gamma), b_s, b_l)  # [N]
-    num = len(sides_per_image)
-    sums = like.new_zeros(num * 3).index_add(0, cell, p_up)
-    cnt = like.new_zeros(num * 3).index_add(0, cell, torch.ones_like(p_up))
-    bin_mean = (sums / cnt.clamp_min(1.0)).view(num, 3)  # [B, 3]
-    nonempty = (cnt.view(num, 3) > 0).sum(dim=1)  # [B]
-    u = bin_mean.sum(dim=1) / nonempty.clamp_min(1)
-    return torch.where(counts > 0, u, torch.full_like(u, empty_target))
 
 
 def gradient_step_on_g(sides_per_image: Sequence[Tensor], log_gamma: float,

@@ -27,9 +27,11 @@ __all__ = [
     "MEDIUM",
     "SMALL",
     "concat_sides",
+    "ideal_scale",
     "object_sides",
     "scale_loss",
     "scale_loss_per_image",
+    "scale_optimum",
     "size_bins",
     "size_boundaries",
     "up_probability",
@@ -117,6 +119,65 @@ def size_bins(
     bins[small] = SMALL
     bins[large] = LARGE
     return bins
+
+
+@torch.no_grad()
+def ideal_scale(sides_per_image: Sequence[Tensor], log_gamma: float, b_s: float = 32.0,
+                b_l: float = 96.0, k: float = 6.0, empty_target: float = 0.0) -> Tensor:
+    """Per-image u that minimises the scale loss at γ = exp(log_gamma).
+
+    Setting d/du Σ_bins mean_{j∈bin} BCE(u, P_up,j) = 0 gives u* = mean over the non-empty
+    bins of the bin's mean P_up. Images without objects get ``empty_target``. Returns [B].
+    """
+    like = torch.zeros((), dtype=torch.float64)
+    sides, image_index, counts = concat_sides(sides_per_image, like)
+    p_up = up_probability(sides, float(log_gamma), b_s, b_l, k)  # [N]
+    cell = image_index * 3 + size_bins(sides, float(log_gamma), b_s, b_l)  # [N]
+    num = len(sides_per_image)
+    sums = like.new_zeros(num * 3).index_add(0, cell, p_up)
+    cnt = like.new_zeros(num * 3).index_add(0, cell, torch.ones_like(p_up))
+    bin_mean = (sums / cnt.clamp_min(1.0)).view(num, 3)  # [B, 3]
+    nonempty = (cnt.view(num, 3) > 0).sum(dim=1)  # [B]
+    u = bin_mean.sum(dim=1) / nonempty.clamp_min(1)
+    return torch.where(counts > 0, u, torch.full_like(u, empty_target))
+
+
+@torch.no_grad()
+def scale_optimum(base_sides_per_image: Sequence[Tensor], log_gamma: float, tau_min: float,
+                  tau_max: float, b_s: float = 32.0, b_l: float = 96.0, k: float = 6.0,
+                  empty_target: float = 0.0, iters: int = 40) -> tuple[Tensor, Tensor]:
+    """u* and φ* per image: where the scale loss asks each image to be processed.
+
+    The sides the loss sees depend on the scale it chooses (s = s_base·φ(u), φ = tau_min +
+    (tau_max - tau_min)·u), so u* is the self-consistent point u* = ideal(s_base·φ(u*)): the
+    u at which the gradient of the scale loss in u vanishes with the sides measured at the
+    size u* gives. It is where training on L_scale alone converges for that image, and what a
+    perfect predictor outputs. ``ideal`` (:func:`ideal_scale`) falls as the sides grow, so
+    u - ideal(s_base·φ(u)) rises from ≤ 0 at u = 0 to ≥ 0 at u = 1 and bisection finds the
+    crossing (to 2^-iters). The processed size is taken as continuous (no stride rounding).
+
+    Args:
+        base_sides_per_image: B tensors [N_i] of object sides in pixels at φ = 1.
+        log_gamma, b_s, b_l, k: the scale loss's boundaries (γ = exp(log_gamma)).
+    Returns:
+        u_star [B], phi_star [B] (float64); images without objects get ``empty_target``.
+    """
+    base = [torch.as_tensor(s, dtype=torch.float64).reshape(-1) for s in base_sides_per_image]
+    lo = torch.zeros(len(base), dtype=torch.float64)
+    hi = torch.ones(len(base), dtype=torch.float64)
+    span = tau_max - tau_min
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        phi = tau_min + span * mid
+        target = ideal_scale([s * p for s, p in zip(base, phi.tolist())], log_gamma, b_s, b_l,
+                             k, empty_target)
+        above = mid >= target  # the crossing lies at or below mid
+        hi = torch.where(above, mid, hi)
+        lo = torch.where(above, lo, mid)
+    u_star = (lo + hi) / 2
+    empty = torch.tensor([s.numel() == 0 for s in base])
+    u_star = torch.where(empty, torch.full_like(u_star, empty_target), u_star)
+    return u_star, tau_min + span * u_star
 
 
 def _bce(u: Tensor, target: Tensor | float, eps: float) -> Tensor:

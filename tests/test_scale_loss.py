@@ -1,6 +1,7 @@
 """Acceptance tests of the scale loss (method.md §3)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -162,3 +163,45 @@ def test_bad_input_is_rejected():
         scale_loss(torch.tensor([[0.5]]), [torch.tensor([3.0])], 0.0)
     with pytest.raises(ValueError, match="empty_target"):
         scale_loss(torch.tensor([0.5]), [torch.tensor([3.0])], 0.0, empty_target=2.0)
+
+
+def test_scale_optimum_is_where_the_scale_loss_gradient_vanishes_at_its_own_size():
+    """u* is self-consistent: with the sides measured at φ(u), the gradient of L_scale in u
+    points towards u* from both sides (bin changes can make it jump at u*, so no exact zero)."""
+    from elastic_lab.scale_loss import scale_optimum
+
+    g = torch.Generator().manual_seed(3)
+    base = [torch.exp(torch.empty(int(n)).uniform_(1.5, 4.5, generator=g))
+            for n in torch.randint(1, 9, (12,), generator=g)]
+    u_star, phi_star = scale_optimum(base, 0.1, 0.5, 1.5, b_s=10.0, b_l=30.0)
+    assert torch.allclose(phi_star, 0.5 + u_star)
+    inside = 0
+    for sides, u0 in zip(base, u_star.tolist()):
+        if not 1e-3 < u0 < 1 - 1e-3:
+            continue
+        inside += 1
+        for du, sign in ((-1e-3, -1.0), (1e-3, 1.0)):
+            u = torch.tensor([u0 + du], dtype=torch.float64, requires_grad=True)
+            loss = scale_loss(u, [sides * (0.5 + u0 + du)], 0.1, 10.0, 30.0)
+            (grad,) = torch.autograd.grad(loss, u)
+            assert sign * float(grad) > 0
+    assert inside >= 6
+    # larger objects ask for smaller scales; an image without objects gets empty_target
+    u_small, _ = scale_optimum([torch.full((3,), 6.0)], 0.0, 0.5, 1.5, 10.0, 30.0)
+    u_large, _ = scale_optimum([torch.full((3,), 60.0)], 0.0, 0.5, 1.5, 10.0, 30.0)
+    assert float(u_small) > 0.9
+    assert float(u_large) < 0.1
+    u_empty, phi_empty = scale_optimum([torch.zeros(0)], 0.0, 0.5, 1.5, empty_target=0.25)
+    assert float(u_empty) == 0.25 and float(phi_empty) == 0.75
+
+
+def test_fidelity_summary_reports_agreement_and_regimes():
+    from elastic_lab.analysis import fidelity_summary
+
+    u_star = np.linspace(0.05, 0.95, 20)
+    perfect = fidelity_summary(u_star, u_star, 0.5, 1.5, ["a"] * 10 + ["b"] * 10)
+    assert perfect["pearson_u"] == pytest.approx(1.0) and perfect["mae_u"] == 0.0
+    assert perfect["by_regime"]["a"]["phi"] == pytest.approx(perfect["by_regime"]["a"]["phi_star"])
+    constant = fidelity_summary(np.full(20, 0.5), u_star, 0.5, 1.5)
+    assert np.isnan(constant["pearson_u"]) and constant["mae_u"] == pytest.approx(np.abs(u_star - 0.5).mean())
+    assert constant["sd_u"] == 0.0 < constant["sd_u_star"]
