@@ -1,0 +1,105 @@
+"""Oracle scale choices: what a detector scores when each image gets the "right" φ.
+
+Two ceilings, both computed from the test labels (so neither is a deployable model):
+
+- **Loss-optimal φ\\*** (:func:`loss_optimal`): each image at the optimum of the scale loss
+  (``scale_loss.scale_optimum`` with the model's boundaries and γ): what a perfect predictor
+  of the loss's own targets would give.
+- **AP-optimal φ** (:func:`ap_optimal`): each image at the φ of a sweep that maximises its own
+  AP (ties to the cheaper scale; images without objects at the cheapest scale). The ceiling of
+  any per-image resolution choice; optimistic, because it picks on the labels, so a detector
+  trained at one scale gains from it too: report that gain as the reference for the bias.
+
+:func:`detect_at` runs a detector with a given φ per image, batching only images of the same
+processed size (no padding, so the result does not depend on the batch size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .analysis import base_object_sides, loss_optimum
+from .ap_subsets import SubsetAP
+from .flops import FlopTable
+
+__all__ = ["ap_optimal", "detect_at", "loss_optimal", "summarize_choice"]
+
+
+@torch.no_grad()
+def detect_at(model, dataset, phi: Sequence[float], batch_size: int = 8,
+              progress: bool = False) -> list[dict]:
+    """Detections of every item of ``dataset`` at its own φ (``phi[i]`` for item i).
+
+    Items are batched by equal processed size only. Returns, in item order,
+    {"image_id", "scores", "labels", "boxes" (xyxy, original pixels), "phi", "size"
+    (processed h, w), "orig_size"}.
+    """
+    if len(phi) != len(dataset):
+        raise ValueError(f"phi has {len(phi)} values for {len(dataset)} images")
+    device = next(model.parameters()).device
+    orig = []
+    for i in range(len(dataset)):
+        info = dataset.coco.imgs[dataset.ids[i]]
+        orig.append((int(info["height"]), int(info["width"])))
+    sizes = [model.sizes([hw], torch.tensor([float(p)]))[0] for hw, p in zip(orig, phi)]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(sizes):
+        groups.setdefault(s, []).append(i)
+    batches = [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+    out: list[dict | None] = [None] * len(dataset)
+    for batch in tqdm(batches, desc="detect", disable=not progress, dynamic_ncols=True):
+        images, targets = zip(*(dataset[i] for i in batch))
+        phis = torch.tensor([float(phi[i]) for i in batch])
+        dets, raw = model.detect([im.to(device) for im in images], phis)
+        for i, t, d, s in zip(batch, targets, dets, raw["image_sizes"].tolist()):
+            out[i] = {"image_id": int(t["image_id"]), **{k: v.cpu() for k, v in d.items()},
+                      "phi": float(phi[i]), "size": tuple(s), "orig_size": orig[i]}
+    return out
+
+
+def summarize_choice(model, dataset, results: Sequence[dict], flops: FlopTable | None = None
+                     ) -> dict:
+    """COCO metrics of ``results`` plus the detector's GFLOPs per image and φ statistics."""
+    flops = flops or FlopTable(model)
+    scorer = SubsetAP(dataset, results)
+    metrics = scorer.metrics(range(len(results)))
+    gflops = np.array([flops.detector(*r["size"]) for r in results])
+    phis = np.array([r["phi"] for r in results])
+    metrics.update({"gflops_per_image": float(gflops.mean()), "mean_phi": float(phis.mean()),
+                    "phi": phis.round(4).tolist(), "gflops": gflops.round(4).tolist()})
+    return metrics
+
+
+def loss_optimal(model, dataset, loss_options: Mapping, batch_size: int = 8,
+                 progress: bool = False) -> dict:
+    """The detector with every image at the scale loss's optimum φ* (see module docstring)."""
+    sides = [base_object_sides(dataset, i, model.base_size, model.max_size)
+             for i in range(len(dataset))]
+    _, phi_star = loss_optimum(model, sides, loss_options)
+    results = detect_at(model, dataset, phi_star.tolist(), batch_size, progress)
+    return {"oracle": "loss-optimal", **summarize_choice(model, dataset, results)}
+
+
+def ap_optimal(model, dataset, scales: Sequence[float], batch_size: int = 8,
+               progress: bool = False, sweep: Mapping[float, list[dict]] | None = None) -> dict:
+    """The detector with every image at the φ of ``scales`` that maximises its own AP.
+
+    ``sweep`` may hold already computed detections per scale ({φ: detect_at(...)}); missing
+    scales are run. Ties go to the smaller φ; images without objects get the smallest φ.
+    """
+    scales = sorted(float(s) for s in scales)
+    sweep = dict(sweep or {})
+    per_image = []
+    for s in scales:
+        if s not in sweep:
+            sweep[s] = detect_at(model, dataset, [s] * len(dataset), batch_size, progress)
+        per_image.append(SubsetAP(dataset, sweep[s]).per_image())
+    table = np.nan_to_num(np.stack(per_image), nan=-1.0)  # [S, N]; NaN = no objects
+    best = table.argmax(axis=0)  # first maximum = smallest φ on ties
+    results = [sweep[scales[b]][i] for i, b in enumerate(best)]
+    return {"oracle": "ap-optimal", "scales": scales,
+            **summarize_choice(model, dataset, results)}
