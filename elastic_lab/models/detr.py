@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert, clip_boxes_to_image
 
 from .backbone import Backbone
 from .position_encoding import PositionEmbeddingSine
@@ -104,14 +105,14 @@ def build_detr(options: DetrOptions, num_classes: int) -> DETR:
 
 @torch.no_grad()
 def postprocess(outputs: dict, orig_sizes: Tensor, top_k: int = 100) -> list[dict[str, Tensor]]:
-    """Detections in original image pixels.
+    """Detections in original image pixels, clipped to the image.
 
     outputs: the DETR dict; orig_sizes: [B, 2] (h, w) of the original images.
     Returns per image {"scores": [k], "labels": [k] (0-based), "boxes": [k, 4] x1y1x2y2 pixels},
-    the top-k (query, class) pairs by sigmoid score.
+    the top-k (query, class) pairs by sigmoid score. Boxes are clipped to [0, w] x [0, h]
+    (``torchvision.ops.clip_boxes_to_image``; a predicted box may overhang the image) and
+    carry no negative zeros, so prediction, evaluation and the app report the same numbers.
     """
-    from torchvision.ops import box_convert
-
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     _, Q, C = logits.shape
     prob = logits.float().sigmoid().flatten(1)                    # [B, Q*C]
@@ -122,4 +123,8 @@ def postprocess(outputs: dict, orig_sizes: Tensor, top_k: int = 100) -> list[dic
     xyxy = box_convert(picked, "cxcywh", "xyxy")
     h, w = orig_sizes[:, 0].float(), orig_sizes[:, 1].float()
     xyxy = xyxy * torch.stack([w, h, w, h], dim=1)[:, None, :]
-    return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy)]
+    results = []
+    for s, lab, b, (hi, wi) in zip(scores, labels, xyxy, orig_sizes.tolist()):
+        b = clip_boxes_to_image(b, (int(hi), int(wi))) + 0.0  # + 0.0 turns -0.0 into 0.0
+        results.append({"scores": s, "labels": lab, "boxes": b})
+    return results
