@@ -14,13 +14,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .app_logic import draw_detections, label_font
 from .data.coco import load_image
 from .flops import FlopTable
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
 from .predict import predict_image
 from .runtime import add_device_arguments, autocast_context, resolve_device
+from .viz.draw import draw_detections, label_font
 
 PANEL_HEIGHT = 300  # px of each drawn image in the joined picture
 GAP = 8  # white px between panels
@@ -29,8 +29,8 @@ CAPTION_LINES = 3
 
 def caption_lines(name: str, result: dict) -> list[str]:
     """The caption of one panel, from ``predict_image``'s result dict."""
-    ph, pw = result["processed_size"]
-    bh, bw = result["base_size"]
+    pw, ph = result["processed_width"], result["processed_height"]
+    bw, bh = result["base_width"], result["base_height"]
     change = 100 * (result["gflops"] / result["gflops_phi1"] - 1)
     return [
         f"{name}: phi = {result['phi']:.2f} ({result['phi_source']})",
@@ -43,11 +43,9 @@ def caption_lines(name: str, result: dict) -> list[str]:
 def draw_panel(image: Image.Image, result: dict, categories: list[dict], name: str,
                height: int = PANEL_HEIGHT) -> Image.Image:
     """``image`` resized to ``height`` px with its detections, over a white caption strip."""
-    k = height / image.height
-    width = max(1, round(image.width * k))
-    shown = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    scaled = [{**d, "box": [v * k for v in d["box"]]} for d in result["detections"]]
-    drawn = draw_detections(shown, scaled, categories)
+    drawn = draw_detections(image, result["detections"], categories,
+                            scale=height / image.height).image
+    width = drawn.width
     font = label_font(13)
     lines = caption_lines(name, result)
     line_h = 18

@@ -7,10 +7,10 @@ from PIL import Image
 
 from elastic_lab.checkpoint import save_checkpoint
 from elastic_lab.cli import main as cli
-from elastic_lab.data.image import image_tensor
 from elastic_lab.data.synth import categories_for, write_examples
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.overview import GAP, caption_lines, draw_panel, overview_image
+from elastic_lab.resize import processed_size
 from tests.test_model import TINY
 
 
@@ -32,11 +32,16 @@ def test_overview_joins_one_panel_per_image_with_its_predicted_phi(elastic):
     _, model, categories, images = elastic
     picture, results = overview_image(model, categories, images, threshold=0.0, height=120)
     assert list(results) == list(images)
-    phi = model.predict_phi([image_tensor(im) for im in images.values()])
-    for (name, r), p in zip(results.items(), phi.tolist()):
-        assert r["phi"] == pytest.approx(p, abs=1e-5) and r["phi_source"] == "predicted"
+    for name, r in results.items():
+        image = images[name]
+        # the phi in the caption is the one the detector ran at: it fixes the processed size
+        assert r["phi_source"] == "predicted"
+        assert tuple(r["processed_size"]) == processed_size(
+            image.height, image.width, r["phi"], model.base_size, model.max_size, model.stride)
         assert r["detections"], name  # threshold 0: every kept query is drawn
-        assert f"phi = {r['phi']:.2f}" in caption_lines(name, r)[0]
+        lines = caption_lines(name, r)
+        assert f"phi = {r['phi']:.2f}" in lines[0]
+        assert f"{r['processed_width']}x{r['processed_height']} px" in lines[1]
     panels = [draw_panel(images[n], results[n], categories, n, 120) for n in images]
     assert picture.size == (sum(p.width for p in panels) + GAP * (len(panels) - 1),
                             max(p.height for p in panels))
@@ -48,8 +53,9 @@ def test_overview_joins_one_panel_per_image_with_its_predicted_phi(elastic):
 
 
 def test_caption_reports_processed_size_and_compute_change():
-    r = {"phi": 1.5, "phi_source": "predicted", "processed_size": [384, 512],
-         "base_size": [256, 341], "gflops": 12.0, "gflops_phi1": 5.0, "detections": [{}] * 3}
+    r = {"phi": 1.5, "phi_source": "predicted", "processed_width": 512, "processed_height": 384,
+         "base_width": 341, "base_height": 256, "gflops": 12.0, "gflops_phi1": 5.0,
+         "detections": [{}] * 3}
     lines = caption_lines("a.png", r)
     assert lines == ["a.png: phi = 1.50 (predicted)", "seen at 512x384 px (phi = 1: 341x256)",
                      "12.00 GFLOPs vs 5.00 (+140.0%), 3 boxes"]
