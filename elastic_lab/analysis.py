@@ -15,7 +15,7 @@ from torchvision.ops import box_convert, box_iou
 from .data.image import image_tensor
 from .data.synth import EXAMPLE_SIZE, render_scene
 from .flops import FlopTable
-from .resize import base_size_scale
+from .resize import base_size_scale, phi_from_u
 from .scale_loss import scale_optimum
 
 
@@ -132,8 +132,7 @@ def fidelity_summary(u: Sequence[float], u_star: Sequence[float], tau_min: float
     u, u_star = np.asarray(u, np.float64), np.asarray(u_star, np.float64)
     if u.shape != u_star.shape or u.ndim != 1 or u.size == 0:
         raise ValueError(f"u {u.shape} and u_star {u_star.shape}: need equal 1-D shapes")
-    phi = tau_min + (tau_max - tau_min) * u
-    phi_star = tau_min + (tau_max - tau_min) * u_star
+    phi, phi_star = phi_from_u(u, tau_min, tau_max), phi_from_u(u_star, tau_min, tau_max)
     pearson = (float(np.corrcoef(u, u_star)[0, 1])
                if u.size > 1 and np.ptp(u) > 0 and np.ptp(u_star) > 0 else float("nan"))
     out = {"pearson_u": pearson, "mae_u": float(np.abs(u - u_star).mean()),

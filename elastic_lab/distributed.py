@@ -6,6 +6,8 @@ group's device and back, so callers need not care which backend runs.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -13,6 +15,18 @@ from torch import Tensor
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def init_from_env() -> tuple[int, int, int]:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1): NCCL when CUDA is
+    available, gloo otherwise. Returns (rank, world size, local rank); (0, 1, 0) in a single
+    process, where nothing is initialised."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
 
 
 def _comm_device() -> torch.device:

@@ -1,26 +1,38 @@
-"""One training pass over a pool of images, and the per-step bookkeeping.
+"""One training epoch (:func:`train_one_epoch`) over pools of images, and its steps.
 
 A *pool* is ``pool_batches`` batches loaded together (data/sampler.py). The pool's images are
 grouped by processed size so padding stays small; in elastic mode the sizes come from the
 predictor's phi, predicted once for the pool without gradient (phi is detached anyway), and
 the predictor runs again with gradient on each batch for the scale loss.
+
+Where a run stands is a :class:`TrainState`, saved with every checkpoint: the data order is a
+function of (seed, epoch) and every random draw of a step a function of (seed, step), so a
+resumed run continues exactly where the checkpoint was written, mid-pool included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .data.sampler import group_by_size
-from .distributed import all_finite, world_gather, world_mean
+from .config import TrainOptions
+from .data.sampler import group_by_size, shard
+from .distributed import all_finite, world_mean
+from .models.criterion import SetCriterion
 from .models.elastic_detr import ElasticDETR
-from .resize import padding_ratio
+from .resize import phi_from_u
+from .run_log import MetricsLog, batch_stats, elastic_extra
+from .runtime import autocast_context
+
+Plan = list[tuple[list[int], Tensor | None]]  # per batch: (positions in the pool, phi [b] or None)
 
 
 class TrainingDiverged(RuntimeError):
@@ -28,8 +40,42 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
+class TrainState:
+    """Where a run stands. ``epoch``, ``next_pool``, ``step`` and ``pending_plan`` go into every
+    checkpoint; ``total_steps`` (where the run stops), ``bad_steps`` (consecutive non-finite
+    losses) and ``done`` live only as long as the process."""
+
+    epoch: int = 0
+    next_pool: int = 0                 # first pool of ``epoch`` not trained yet
+    step: int = 0                      # optimisation steps done
+    pending_plan: Plan | None = None   # the untrained rest of pool ``next_pool``'s plan
+    total_steps: int = 0
+    bad_steps: int = 0
+    done: bool = False
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint entries: epoch, next_pool, step, pending_plan (plain lists)."""
+        pending = None
+        if self.pending_plan:
+            pending = [[pos, phi.tolist() if phi is not None else None]
+                       for pos, phi in self.pending_plan]
+        return {"epoch": self.epoch, "next_pool": self.next_pool, "step": self.step,
+                "pending_plan": pending}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, total_steps: int) -> TrainState:
+        pending = None
+        if ckpt.get("pending_plan"):
+            pending = [(pos, torch.tensor(phi) if phi is not None else None)
+                       for pos, phi in ckpt["pending_plan"]]
+        return cls(epoch=ckpt["epoch"], next_pool=ckpt["next_pool"], step=ckpt["step"],
+                   pending_plan=pending, total_steps=total_steps,
+                   done=ckpt["step"] >= total_steps)
+
+
+@dataclass
 class StepPolicy:
-    """How phi is chosen for the detector in each mode (method.md §5)."""
+    """How phi is chosen for the detector in each mode (docs/method.md §5)."""
 
     mode: str                       # fixed | multiscale | elastic
     tau_min: float = 0.5
@@ -82,7 +128,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy: StepPolicy,
-              seed: int, step: int) -> list[tuple[list[int], Tensor | None]]:
+              seed: int, step: int) -> Plan:
     """Group a pool into batches and choose each batch's phi.
 
     Returns [(positions in the pool, phi [b] or None)] in training order.
@@ -99,7 +145,7 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
     elif policy.mode == "fixed":
         phi = torch.ones(n)
     else:  # multiscale, or elastic warm-up: uniform draws
-        phi = policy.tau_min + (policy.tau_max - policy.tau_min) * torch.rand(n, generator=g)
+        phi = phi_from_u(torch.rand(n, generator=g), policy.tau_min, policy.tau_max)
     if policy.mode == "multiscale":  # one phi per batch (grouped by shape at phi = 1)
         batches = group_by_size(model.sizes(orig, torch.ones(n)), batch_size)
         plan = [(b, phi[i].repeat(len(b))) for i, b in enumerate(batches)]
@@ -108,15 +154,23 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
     return [plan[i] for i in torch.randperm(len(plan), generator=g).tolist()]
 
 
-def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float],
-               optimizer: torch.optim.Optimizer, images: list[Tensor], targets: list[dict],
-               phi: Tensor | None, clip_norm: float, scaler=None, autocast=None
-               ) -> tuple[dict[str, float], dict] | None:
-    """One optimisation step; returns (loss values, outputs) or None when the loss is not finite."""
+def train_step(model: nn.Module, criterion: SetCriterion, optimizer: torch.optim.Optimizer,
+               images: list[Tensor], targets: list[dict], phi: Tensor | None, clip_norm: float,
+               scaler=None, autocast=None) -> tuple[dict[str, float], dict] | None:
+    """One optimisation step; returns (loss values, outputs) or None when the loss is not finite.
+
+    The loss is Σ_k losses[k]·criterion.weight_dict[k]. In elastic mode this step's matches are
+    folded into the per-bin loss EMA first (criterion.update_bin_ema), so that the distribution
+    loss of the step reads an EMA that includes them.
+    """
     autocast = autocast or contextlib.nullcontext()
     with autocast:
         outputs = model(images, phi)
-        losses = criterion(outputs, targets)
+        indices = criterion.matcher(outputs, targets)
+        if criterion.bin_ema is not None and "scale" in outputs:
+            criterion.update_bin_ema(outputs, targets, indices)
+        losses = criterion(outputs, targets, indices)
+    weights = criterion.weight_dict
     total = sum(losses[k].float() * weights[k] for k in losses if k in weights)
     if not all_finite(total):
         optimizer.zero_grad(set_to_none=True)
@@ -140,22 +194,6 @@ def train_step(model: nn.Module, criterion: nn.Module, weights: dict[str, float]
     return values, outputs
 
 
-def batch_stats(outputs: dict) -> dict[str, float]:
-    """Per-batch numbers for metrics.jsonl (over the global batch under torchrun): phi
-    statistics, padding ratio and processed pixels."""
-    phi = world_gather(outputs["phi"].float().reshape(-1))
-    pad = world_mean(torch.tensor([padding_ratio(
-        [tuple(s) for s in outputs["image_sizes"].tolist()])]))
-    pixels = outputs["image_sizes"].prod(1).sum().float().cpu().reshape(1)
-    stats = {"phi_mean": float(phi.mean()), "phi_std": float(phi.std()) if len(phi) > 1 else 0.0,
-             "phi_min": float(phi.min()), "phi_max": float(phi.max()),
-             "padding_ratio": float(pad), "pixels": float(world_gather(pixels).sum()),
-             "padded_pixels": float(world_gather(pixels).sum()) / max(1e-9, 1 - float(pad))}
-    if "scale" in outputs:
-        stats["u_values"] = world_gather(outputs["scale"]["u"].detach().float()).tolist()
-    return stats
-
-
 def check_finite(values: dict | None, bad_steps: int, max_bad_steps: int, step: int) -> int:
     """Count consecutive non-finite steps; warn on each, raise after ``max_bad_steps``."""
     if values is not None:
@@ -177,3 +215,72 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int | None, drop_at: fl
     if drop_at is not None and total_steps and step >= math.floor(drop_at * total_steps):
         f *= 0.1
     return f
+
+
+def log_interval(log: MetricsLog, state: TrainState, model: ElasticDETR, criterion: SetCriterion,
+                 optimizer: torch.optim.Optimizer) -> dict | None:
+    """Write the metrics row of the steps since the last one (see run_log.MetricsLog)."""
+    extra = {"step": state.step, "epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"]}
+    if criterion.elastic is not None:
+        extra.update(elastic_extra(model, criterion))
+    return log.flush(extra)
+
+
+def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    loader: Iterable[tuple[list[Tensor], list[dict]]], state: TrainState,
+                    opts: TrainOptions, policy: StepPolicy, log: MetricsLog,
+                    save: Callable[[TrainState], None], device: torch.device, amp: bool = False,
+                    scaler: torch.amp.GradScaler | None = None, deadline: float | None = None,
+                    ddp_model: nn.Module | None = None, rank: int = 0, world: int = 1) -> None:
+    """Train the pools of ``state.epoch`` from ``state.next_pool`` on.
+
+    ``loader`` yields pools (images [3, H, W] each, targets) starting at that pool; a pending
+    plan of an interrupted pool is finished first. Every batch of a plan is one step
+    (:func:`train_step`; under torchrun each rank trains its share of the batch through
+    ``ddp_model``). Stops when ``state.step`` reaches ``state.total_steps`` or the wall clock
+    passes ``deadline`` (``time.perf_counter()``): then the rest of the pool's plan is saved
+    with the checkpoint and ``state.done`` is set. Calls ``save(state)`` at pool boundaries every
+    ``opts.checkpoint_every`` pools; writes a metrics row every ``opts.log_every`` steps and
+    after the last step of the run.
+    """
+    train_model = ddp_model or model
+    for pool_idx, (images, targets) in enumerate(loader, start=state.next_pool):
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]
+        images, targets = hflip_pool(images, targets, opts.hflip, opts.seed, state.epoch, pool_idx)
+        plan = state.pending_plan or plan_pool(model, images, opts.batch_size, policy, opts.seed,
+                                               state.step)
+        state.pending_plan = None
+        for b, (positions, phi) in enumerate(plan):
+            if deadline is not None and time.perf_counter() > deadline:
+                state.total_steps = state.step
+            if state.step >= state.total_steps:
+                state.next_pool, state.pending_plan, state.done = pool_idx, plan[b:], True
+                if log.pending:
+                    log_interval(log, state, model, criterion, optimizer)
+                save(state)
+                return
+            mine = shard(list(range(len(positions))), rank, world)  # this rank's share
+            result = train_step(train_model, criterion, optimizer,
+                                [images[positions[i]] for i in mine],
+                                [targets[positions[i]] for i in mine],
+                                None if phi is None else phi[mine], opts.clip_norm, scaler,
+                                autocast_context(device, amp))
+            state.bad_steps = check_finite(result, state.bad_steps, opts.max_bad_steps,
+                                           state.step)
+            scheduler.step()
+            state.step += 1
+            if result is None:  # skipped: no row (all ranks skip together)
+                log.add(len(positions), None)
+                continue
+            values, outputs = result
+            log.add(len(positions), {**values, **batch_stats(outputs)})
+            if state.step % opts.log_every == 0 or state.step >= state.total_steps:
+                log_interval(log, state, model, criterion, optimizer)
+        state.next_pool = pool_idx + 1
+        if state.next_pool % opts.checkpoint_every == 0:
+            save(state)
+    if log.pending and (state.epoch == opts.epochs - 1 or state.step >= state.total_steps):
+        log_interval(log, state, model, criterion, optimizer)  # the run ends with this epoch

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from .analysis import median_object_sides, spearman
 from .data.coco import CocoDetection, collate_fn
 from .data.image import image_tensor
+from .distributed import init_from_env
 from .dota_eval import evaluate_detector_on_dota
 from .flops import FlopTable, measure_latency_ms
 from .models.build import load_model
@@ -185,10 +185,7 @@ def dota_metrics(model: ElasticDETR, split_dir: str, split: str, scale: float | 
 
 
 def run(args: argparse.Namespace) -> int:
-    local_rank = 0
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    _, _, local_rank = init_from_env()
     device = resolve_device(args.device, local_rank)
     model, ckpt = load_model(args.checkpoint, device)
     amp = autocast_context(device, args.amp)  # --amp: float16 (CUDA) / bfloat16 (CPU) inference

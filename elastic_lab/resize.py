@@ -15,6 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def phi_from_u(u, tau_min: float, tau_max: float):
+    """The scale factor of a normalised scale u ∈ [0, 1]: φ = τmin + (τmax − τmin)·u.
+
+    The one place this map is written (predictor output, uniform multi-scale draws, loss optima,
+    analyses); ``u`` may be a float, a tensor or a NumPy array, φ has its type.
+    """
+    return tau_min + (tau_max - tau_min) * u
+
+
 def base_size_scale(height: int, width: int, base_size: int, max_size: int | None) -> float:
     """Scale that maps (height, width) to the base size: short side ``base_size``, long side <= max_size."""
     short, long = min(height, width), max(height, width)

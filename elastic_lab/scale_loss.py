@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .resize import phi_from_u
+
 __all__ = [
     "LARGE",
     "MEDIUM",
@@ -65,7 +67,7 @@ def object_sides(boxes: Tensor, image_size: tuple[int, int] | Tensor) -> Tensor:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes: expected shape [N, 4], got {tuple(boxes.shape)}")
     h, w = (float(v) for v in image_size)
-    area = (boxes[:, 2] * w).clamp_min(0) * (boxes[:, 3] * h).clamp_min(0)
+    area = (boxes[:, 2] * w * boxes[:, 3] * h).clamp_min(0)  # this order: the training losses
     return area.detach().sqrt()
 
 
@@ -165,10 +167,9 @@ def scale_optimum(base_sides_per_image: Sequence[Tensor], log_gamma: float, tau_
     base = [torch.as_tensor(s, dtype=torch.float64).reshape(-1) for s in base_sides_per_image]
     lo = torch.zeros(len(base), dtype=torch.float64)
     hi = torch.ones(len(base), dtype=torch.float64)
-    span = tau_max - tau_min
     for _ in range(iters):
         mid = (lo + hi) / 2
-        phi = tau_min + span * mid
+        phi = phi_from_u(mid, tau_min, tau_max)
         target = ideal_scale([s * p for s, p in zip(base, phi.tolist())], log_gamma, b_s, b_l,
                              k, empty_target)
         above = mid >= target  # the crossing lies at or below mid
@@ -177,7 +178,7 @@ def scale_optimum(base_sides_per_image: Sequence[Tensor], log_gamma: float, tau_
     u_star = (lo + hi) / 2
     empty = torch.tensor([s.numel() == 0 for s in base])
     u_star = torch.where(empty, torch.full_like(u_star, empty_target), u_star)
-    return u_star, tau_min + span * u_star
+    return u_star, phi_from_u(u_star, tau_min, tau_max)
 
 
 def _bce(u: Tensor, target: Tensor | float, eps: float) -> Tensor:

@@ -5,65 +5,40 @@ Modes: ``fixed`` (phi = 1), ``multiscale`` (phi ~ U[tau_min, tau_max] per batch)
 Checkpoints (``RUN/checkpoint.pt``) are written atomically at the end of every epoch and every
 ``--checkpoint-every`` pools; ``--resume`` continues from the last one with the same data
 order (a function of seed and epoch) and per-step randomness (a function of seed and step).
+
+From Python: ``train(TrainConfig(...))`` (config.py); the command line only builds that config
+(:func:`config_from_args`). This module wires data, model, criterion, optimiser and
+checkpoints; the epoch itself is engine.train_one_epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, TrainOptions
 from .data.coco import CocoDetection, collate_fn
-from .data.sampler import PoolSampler, shard
-from .distribution_loss import fit_beta_moments, target_beta
-from .engine import (
-    StepPolicy,
-    batch_stats,
-    check_finite,
-    hflip_pool,
-    lr_factor,
-    plan_pool,
-    train_step,
-)
+from .data.sampler import PoolSampler
+from .distributed import init_from_env
+from .engine import StepPolicy, TrainState, lr_factor, train_one_epoch
 from .models.build import ModelOptions, build_model
-from .models.criterion import ElasticLossOptions, SetCriterion, weight_dict
+from .models.criterion import ElasticLossOptions, SetCriterion, build_criterion
 from .models.detr import DetrOptions
-from .models.matcher import HungarianMatcher
-from .runtime import add_device_arguments, autocast_context, resolve_device, split_paths
+from .run_log import MetricsLog, truncate_metrics
+from .runtime import add_device_arguments, resolve_device, split_paths
 
-
-@dataclass
-class TrainOptions:
-    """Optimisation settings of a run (stored in the checkpoint)."""
-
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 3e-4
-    lr_backbone: float | None = None
-    weight_decay: float = 1e-4
-    clip_norm: float = 0.1
-    warmup_steps: int = 100
-    lr_drop: float | None = None
-    seed: int = 0
-    pool_batches: int = 48
-    log_every: int = 10
-    checkpoint_every: int = 1
-    warmup_epochs: int = 0
-    explore_noise: float = 0.0
-    hflip: float = 0.0               # probability of a horizontal flip per training image
-    max_bad_steps: int = 5
-    lambda_scale: float = 1.0
-    lambda_dist: float = 1.0
+__all__ = ["TrainConfig", "TrainOptions", "add_arguments", "config_from_args", "main", "train"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "COCO's small/medium side at COCO's base size, scaled to ours)")
     p.add_argument("--boundary-large", type=float, default=None,
                    help="b_l in pixels (default 96 * base-size / 800)")
+    p.add_argument("--lambda-scale", type=float, default=1.0, help="weight of L_scale")
+    p.add_argument("--lambda-dist", type=float, default=1.0, help="weight of L_dist")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=1, help="pools between checkpoints")
     p.add_argument("--max-bad-steps", type=int, default=5)
@@ -122,11 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOptions,
-                                                         ElasticLossOptions]:
-    """Split the command line into model, optimisation and loss options."""
-    if not 0.0 <= args.hflip <= 1.0:
-        raise ValueError(f"--hflip is a probability in [0, 1], got {args.hflip}")
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run an ``elastic-lab train`` command line describes."""
     detr = DetrOptions(backbone=args.backbone, backbone_weights=args.backbone_weights,
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
                        num_decoder_layers=args.dec_layers, num_queries=args.num_queries,
@@ -134,30 +109,20 @@ def options_from_args(args: argparse.Namespace) -> tuple[ModelOptions, TrainOpti
     model = ModelOptions(mode=args.mode, base_size=args.base_size, max_size=args.max_size,
                          tau_min=args.tau_min, tau_max=args.tau_max, thumb_size=args.thumb_size,
                          predictor_weights=args.backbone_weights, detr=detr)
-    train = TrainOptions(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                         lr=args.lr, lr_backbone=args.lr_backbone, warmup_steps=args.warmup_steps,
-                         lr_drop=args.lr_drop, seed=args.seed, pool_batches=args.pool_batches,
-                         log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                         warmup_epochs=args.warmup_epochs, explore_noise=args.explore_noise,
-                         hflip=args.hflip, max_bad_steps=args.max_bad_steps)
-    b_s = args.boundary_small if args.boundary_small is not None else 32.0 * args.base_size / 800
-    b_l = args.boundary_large if args.boundary_large is not None else 96.0 * args.base_size / 800
-    loss = ElasticLossOptions(b_s=b_s, b_l=b_l,
-                              distribution=args.distribution_loss,
-                              use_scale_loss=not args.no_scale_loss,
-                              use_distribution_loss=not args.no_distribution_loss)
-    return model, train, loss
-
-
-def _distributed() -> tuple[int, int, int]:
-    """Initialise torch.distributed when launched by torchrun; returns (rank, world, local_rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if world > 1:
-        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+    train_opts = TrainOptions(
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        lr_backbone=args.lr_backbone, warmup_steps=args.warmup_steps, lr_drop=args.lr_drop,
+        seed=args.seed, pool_batches=args.pool_batches, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, warmup_epochs=args.warmup_epochs,
+        explore_noise=args.explore_noise, hflip=args.hflip, max_bad_steps=args.max_bad_steps,
+        lambda_scale=args.lambda_scale, lambda_dist=args.lambda_dist)
+    loss = ElasticLossOptions.for_base_size(
+        args.base_size, args.boundary_small, args.boundary_large,
+        distribution=args.distribution_loss, use_scale_loss=not args.no_scale_loss,
+        use_distribution_loss=not args.no_distribution_loss)
+    return TrainConfig(data=args.data, out=args.out, model=model, train=train_opts, loss=loss,
+                       split=args.split, device=args.device, amp=args.amp, workers=args.workers,
+                       resume=args.resume, max_minutes=args.max_minutes)
 
 
 def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[dict]:
@@ -170,208 +135,117 @@ def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[
     return [{"params": rest, "lr": lr}, {"params": backbone, "lr": lr_backbone}]
 
 
-class MetricsLog:
-    """Averages step values over ``every`` steps and appends them to metrics.jsonl (rank 0)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.rows: list[dict] = []
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-
-    def flush(self, extra: dict) -> dict | None:
-        if not self.rows:
-            return None
-        keys = [k for k in self.rows[-1] if isinstance(self.rows[-1][k], float)]
-        out = {k: sum(r.get(k, 0.0) for r in self.rows) / len(self.rows) for k in keys}
-        # padding over the interval: padded pixels / all processed pixels (not a mean of ratios)
-        out["padding_ratio"] = 1 - sum(r["pixels"] for r in self.rows) / sum(
-            r["padded_pixels"] for r in self.rows)
-        out["phi_min"] = min(r["phi_min"] for r in self.rows)
-        out["phi_max"] = max(r["phi_max"] for r in self.rows)
-        u = [v for r in self.rows for v in r.get("u_values", [])]
-        if len(u) > 2:
-            a, b = fit_beta_moments(torch.tensor(u))
-            out["u_beta_alpha"], out["u_beta_beta"] = float(a), float(b)
-        out.update(extra)
-        self.rows = []
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(out) + "\n")
-        return out
+def save_run_checkpoint(path: Path, state: TrainState, *, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LRScheduler,
+                        criterion: SetCriterion, model_opts: ModelOptions, opts: TrainOptions,
+                        loss_opts: ElasticLossOptions, categories: list[dict],
+                        enabled: bool = True) -> None:
+    """Save a resumable checkpoint (rank 0 only: ``enabled``): weights, optimiser, scheduler,
+    the TrainState (a pending plan when saved mid-pool), options, categories, bin EMA, RNG."""
+    if not enabled:
+        return
+    save_checkpoint(path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), **state.to_checkpoint(),
+        "model_options": model_opts.to_dict(), "train_options": asdict(opts),
+        "loss_options": asdict(loss_opts), "categories": categories,
+        "bin_ema": criterion.bin_ema.state_dict() if criterion.bin_ema is not None else None,
+        "rng": rng_state()})
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run (or resume) a training run; returns the checkpoint path."""
-    rank, world, local_rank = _distributed()
-    device = resolve_device(args.device, local_rank)
-    out_dir = Path(args.out)
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) the training run ``config``; returns its checkpoint path.
+
+    ``config`` is not modified. Under torchrun every process calls this with the same config.
+    """
+    rank, world, local_rank = init_from_env()
+    device = resolve_device(config.device, local_rank)
+    out_dir = Path(config.out)
     ckpt_path = out_dir / "checkpoint.pt"
-    model_opts, opts, loss_opts = options_from_args(args)
-    state = None
-    if args.resume:
+    model_opts, opts = copy.deepcopy(config.model), copy.deepcopy(config.train)
+    loss_opts = copy.deepcopy(config.loss_options())
+    ckpt = None
+    if config.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
-        model_opts = ModelOptions.from_dict(state["model_options"])
-        opts = TrainOptions(**state["train_options"])
-        if args.max_steps is not None:
-            opts.max_steps = args.max_steps
-        opts.epochs = max(opts.epochs, args.epochs)
-        loss_opts = ElasticLossOptions(**state["loss_options"])
+        ckpt = load_checkpoint(ckpt_path)
+        model_opts = ModelOptions.from_dict(ckpt["model_options"])
+        opts = TrainOptions(**ckpt["train_options"])
+        if config.train.max_steps is not None:
+            opts.max_steps = config.train.max_steps
+        opts.epochs = max(opts.epochs, config.train.epochs)
+        loss_opts = ElasticLossOptions(**ckpt["loss_options"])
     torch.manual_seed(opts.seed)
-    image_dir, ann_file = split_paths(args.data, args.split)
-    dataset = CocoDetection(image_dir, ann_file,
-                            categories=state["categories"] if state else None)
+    image_dir, ann_file = split_paths(config.data, config.split)
+    dataset = CocoDetection(image_dir, ann_file, categories=ckpt["categories"] if ckpt else None)
     model = build_model(model_opts, len(dataset.categories)).to(device)
     elastic = model_opts.mode == "elastic"
-    criterion = SetCriterion(len(dataset.categories), HungarianMatcher(),
-                             elastic=loss_opts if elastic else None)
-    weights = weight_dict(model_opts.detr.num_decoder_layers, elastic,
-                          scale=opts.lambda_scale, dist_w=opts.lambda_dist)
+    criterion = build_criterion(len(dataset.categories), model_opts.detr.num_decoder_layers,
+                                loss_opts if elastic else None, opts.lambda_scale,
+                                opts.lambda_dist)
     optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.lr_backbone or opts.lr),
                                   weight_decay=opts.weight_decay)
     opts.pool_batches = max(1, min(opts.pool_batches, len(dataset) // opts.batch_size))
     sampler = PoolSampler(len(dataset), opts.batch_size, opts.pool_batches, opts.seed, rank, world)
-    steps_per_epoch = len(sampler) * opts.pool_batches
-    total = opts.max_steps or steps_per_epoch * opts.epochs
+    total = opts.max_steps or len(sampler) * opts.pool_batches * opts.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, opts.warmup_steps, total, opts.lr_drop))
-    epoch, start_pool, step = 0, 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if elastic and state.get("bin_ema") is not None:
-            criterion.bin_ema.load_state_dict(state["bin_ema"])
-        epoch, start_pool, step = state["epoch"], state["next_pool"], state["step"]
-        set_rng_state(state["rng"])
+    state = TrainState(total_steps=total)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if elastic and ckpt.get("bin_ema") is not None:
+            criterion.bin_ema.load_state_dict(ckpt["bin_ema"])
+        state = TrainState.from_checkpoint(ckpt, total)
+        set_rng_state(ckpt["rng"])
         if rank == 0:
-            truncate_metrics(out_dir / "metrics.jsonl", step)
-    train_model = model
+            truncate_metrics(out_dir / "metrics.jsonl", state.step)
+    ddp_model = None
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    log = MetricsLog(out_dir / "metrics.jsonl", rank == 0)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "options.json").write_text(json.dumps(
             {"model": model_opts.to_dict(), "train": asdict(opts), "loss": asdict(loss_opts),
-             "data": str(args.data), "world_size": world}, indent=2))
-
-    def checkpoint(epoch_: int, next_pool: int, pending: list | None = None) -> None:
-        """Save at a pool boundary, or mid-pool with the rest of that pool's plan."""
-        if rank != 0:
-            return
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch_, "next_pool": next_pool,
-            "pending_plan": [[pos, phi.tolist() if phi is not None else None]
-                             for pos, phi in pending] if pending else None,
-            "step": step, "model_options": model_opts.to_dict(), "train_options": asdict(opts),
-            "loss_options": asdict(loss_opts), "categories": dataset.categories,
-            "bin_ema": criterion.bin_ema.state_dict() if elastic else None, "rng": rng_state()})
-
-    pending = None
-    if state is not None and state.get("pending_plan"):
-        pending = [(pos, torch.tensor(phi) if phi is not None else None)
-                   for pos, phi in state["pending_plan"]]
-    bad, t_log, n_img = 0, time.perf_counter(), 0
-    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
-    bar = tqdm(total=total, initial=step, desc=f"train {model_opts.mode}", disable=rank != 0,
-               dynamic_ncols=True)
+             "data": str(config.data), "world_size": world}, indent=2))
+    save = functools.partial(save_run_checkpoint, ckpt_path, model=model, optimizer=optimizer,
+                             scheduler=scheduler, criterion=criterion, model_opts=model_opts,
+                             opts=opts, loss_opts=loss_opts, categories=dataset.categories,
+                             enabled=rank == 0)
+    deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else None
+    log = MetricsLog(out_dir / "metrics.jsonl", rank == 0, total, state.step,
+                     f"train {model_opts.mode}")
     model.train()
     criterion.train()
-    done = step >= total
-    while epoch < opts.epochs and not done:
-        sampler.set_epoch(epoch, start_pool)
+    state.done = state.step >= total
+    while state.epoch < opts.epochs and not state.done:
+        sampler.set_epoch(state.epoch, state.next_pool)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
-                                             collate_fn=collate_fn, num_workers=args.workers)
+                                             collate_fn=collate_fn, num_workers=config.workers)
         policy = StepPolicy(model_opts.mode, model_opts.tau_min, model_opts.tau_max,
-                            random_phi=elastic and epoch < opts.warmup_epochs,
+                            random_phi=elastic and state.epoch < opts.warmup_epochs,
                             explore_noise=opts.explore_noise)
-        for pool_idx, (images, targets) in enumerate(loader, start=start_pool):
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
-                       for t in targets]
-            images, targets = hflip_pool(images, targets, opts.hflip, opts.seed, epoch, pool_idx)
-            plan = pending or plan_pool(model, images, opts.batch_size, policy, opts.seed, step)
-            pending = None
-            for b, (positions, phi) in enumerate(plan):
-                if deadline is not None and time.perf_counter() > deadline:
-                    total = step
-                if step >= total:
-                    checkpoint(epoch, pool_idx, plan[b:])
-                    done = True
-                    break
-                mine = shard(list(range(len(positions))), rank, world)  # this rank's share
-                result = train_step(train_model, criterion, weights, optimizer,
-                                    [images[positions[i]] for i in mine],
-                                    [targets[positions[i]] for i in mine],
-                                    None if phi is None else phi[mine], opts.clip_norm,
-                                    scaler, autocast_context(device, args.amp))
-                bad = check_finite(result, bad, opts.max_bad_steps, step)
-                scheduler.step()
-                step += 1
-                n_img += len(positions)
-                bar.update(1)
-                if result is None:
-                    continue
-                values, outputs = result
-                log.add({**values, **batch_stats(outputs)})
-                if step % opts.log_every == 0:
-                    extra = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                             "images_per_s": n_img / (time.perf_counter() - t_log)}
-                    if elastic:
-                        extra.update(elastic_extra(model, criterion, loss_opts))
-                    row = log.flush(extra)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", phi=f"{row['phi_mean']:.2f}")
-                    t_log, n_img = time.perf_counter(), 0
-            if done:
-                break
-            if (pool_idx + 1) % opts.checkpoint_every == 0:
-                checkpoint(epoch, pool_idx + 1)
-        if not done:
-            epoch, start_pool = epoch + 1, 0
-            checkpoint(epoch, 0)
-            done = step >= total
-    bar.close()
+        train_one_epoch(model, criterion, optimizer, scheduler, loader, state, opts, policy, log,
+                        save, device, config.amp, scaler, deadline, ddp_model, rank, world)
+        if not state.done:
+            state.epoch, state.next_pool = state.epoch + 1, 0
+            save(state)
+            state.done = state.step >= total
+    log.close()
     if world > 1:
         dist.barrier()
     return ckpt_path
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows written after the checkpoint a run resumes from (a killed run's tail)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
-def elastic_extra(model, criterion: SetCriterion, loss_opts: ElasticLossOptions) -> dict:
-    """gamma, boundaries in pixels, per-bin localization losses and the target Beta."""
-    gamma = float(model.log_gamma.detach().exp())
-    extra = {"gamma": gamma, "boundary_small_px": loss_opts.b_s * gamma,
-             "boundary_large_px": loss_opts.b_l * gamma}
-    ema = criterion.bin_ema.value
-    if ema is not None:
-        extra["bin_loc_loss"] = [float(v) for v in ema]
-        a, b = target_beta(ema, loss_opts.concentration)
-        extra["target_alpha"], extra["target_beta"] = float(a), float(b)
-    return extra
 
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: train and print where the checkpoint is."""
     with warnings.catch_warnings():
         warnings.filterwarnings("once", category=UserWarning)
-        path = train(args)
+        path = train(config_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {path}")
     if dist.is_initialized():

@@ -4,7 +4,7 @@
         [--device auto] [--amp] [--mode fixed|elastic] [--json OUT]
 
 Random images of the base size (square), random initialisation; medians over --steps timed
-steps after one warm-up. Prints a Markdown table. A benchmark, not a test: numbers depend on
+steps (engine.train_step, as training runs them) after one warm-up. Prints a Markdown table. A benchmark, not a test: numbers depend on
 the machine (README quotes those of the 2-core development CPU).
 """
 
@@ -17,11 +17,11 @@ import time
 
 import torch
 
+from elastic_lab.engine import train_step
 from elastic_lab.flops import FlopTable
 from elastic_lab.models.build import ModelOptions, build_model
-from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
+from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from elastic_lab.models.detr import DetrOptions
-from elastic_lab.models.matcher import HungarianMatcher
 from elastic_lab.runtime import autocast_context, resolve_device
 
 
@@ -42,9 +42,9 @@ def bench(size: int, args, device) -> dict:
     opts = ModelOptions(mode=args.mode, base_size=size,
                         detr=DetrOptions(freeze_stem=args.freeze_stem))
     model = build_model(opts, 6).to(device)
-    crit = SetCriterion(6, HungarianMatcher(),
-                        elastic=ElasticLossOptions() if args.mode == "elastic" else None)
-    weights = weight_dict(opts.detr.num_decoder_layers, args.mode == "elastic")
+    crit = build_criterion(6, opts.detr.num_decoder_layers,
+                           ElasticLossOptions.for_base_size(size) if args.mode == "elastic"
+                           else None)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     images, targets = fake_batch(args.batch_size, size, device)
     phi = None if args.mode == "elastic" else torch.ones(len(images))
@@ -54,12 +54,8 @@ def bench(size: int, args, device) -> dict:
     for i in range(args.steps + 1):
         sync()
         t0 = time.perf_counter()
-        with autocast_context(device, args.amp):
-            losses = crit(model(images, phi), targets)
-            total = sum(losses[k] * weights[k] for k in losses)
-        optim.zero_grad()
-        total.backward()
-        optim.step()
+        train_step(model, crit, optim, images, targets, phi, 0.1, None,
+                   autocast_context(device, args.amp))
         sync()
         if i:
             times.append(time.perf_counter() - t0)

@@ -8,7 +8,7 @@ from torchvision.ops import box_convert
 
 from elastic_lab.flops import count_flops, linear_flops, mha_flops
 from elastic_lab.models.build import ModelOptions, build_model
-from elastic_lab.models.criterion import SetCriterion, weight_dict
+from elastic_lab.models.criterion import build_criterion
 from elastic_lab.models.detr import DetrOptions, postprocess
 from elastic_lab.models.matcher import HungarianMatcher
 from elastic_lab.resize import pad_batch, padding_ratio, processed_size, resize_image
@@ -147,8 +147,8 @@ def test_model_overfits_two_images():
         box = torch.tensor([[x0 + s / 2, y0 + s / 2, s, s]]) / 64
         targets.append({"labels": torch.tensor([lab]), "boxes": box})
     model = build_model(ModelOptions(base_size=64, detr=TINY), 2).train()
-    crit = SetCriterion(2, HungarianMatcher())
-    weights = weight_dict(TINY.num_decoder_layers, False)
+    crit = build_criterion(2, TINY.num_decoder_layers)
+    weights = crit.weight_dict
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = None
     for step in range(150):

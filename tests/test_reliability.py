@@ -1,7 +1,6 @@
 """Reliability: kill-and-resume of a real training process, non-finite losses, data errors,
 torchrun/DDP agreement with one process, and pretrained weights from a local torch cache."""
 
-import argparse
 import json
 import os
 import shutil
@@ -16,25 +15,36 @@ import pytest
 import torch
 
 from elastic_lab.checkpoint import CheckpointError, load_checkpoint
-from elastic_lab.cli import main as cli
+from elastic_lab.config import TrainConfig, smoke_config
 from elastic_lab.engine import TrainingDiverged, check_finite
-from tests.test_training import SMALL, read_metrics
+from elastic_lab.train import train
+from tests.test_training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def train_cmd(data, out, *extra):
-    return [sys.executable, "-m", "elastic_lab.train", "--data", str(data), "--out", str(out),
-            "--mode", "elastic", *SMALL, *extra]
+RUNNER = str(Path(__file__).with_name("train_from_json.py"))
+
+
+def config_file(config: TrainConfig, path: Path) -> str:
+    """``config`` written as JSON for tests/train_from_json.py; returns the file name."""
+    path.write_text(json.dumps(config.to_dict()))
+    return str(path)
+
+
+def train_cmd(data, out, max_steps, resume=False):
+    config = smoke_config(str(data), str(out), "elastic", max_steps)
+    config.resume = resume
+    name = Path(out).with_name(f"{Path(out).name}_{max_steps}_{int(resume)}.json")
+    return [sys.executable, RUNNER, config_file(config, name)]
 
 
 def test_killed_training_resumes_with_identical_losses(synth_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(train_cmd(synth_dir, full, "--max-steps", "8"), check=True, env=env,
-                   capture_output=True)
-    proc = subprocess.Popen(train_cmd(synth_dir, killed, "--max-steps", "8"), env=env,
+    subprocess.run(train_cmd(synth_dir, full, 8), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(train_cmd(synth_dir, killed, 8), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoint.pt"
     t0 = time.time()
@@ -54,8 +64,8 @@ def test_killed_training_resumes_with_identical_losses(synth_dir, tmp_path):
     state = load_checkpoint(ckpt)
     assert 2 <= state["step"] <= 8
     t_resume = time.time()
-    subprocess.run(train_cmd(synth_dir, killed, "--max-steps", "8", "--resume"), check=True,
-                   env=env, capture_output=True)
+    subprocess.run(train_cmd(synth_dir, killed, 8, resume=True), check=True, env=env,
+                   capture_output=True)
     print(f"resume from step {state['step']}: {time.time() - t_resume:.1f} s")
     a, b = read_metrics(full), read_metrics(killed)
     assert [r["step"] for r in b] == list(range(1, 9))
@@ -73,8 +83,8 @@ def test_nonfinite_losses_skip_then_abort(synth_dir, tmp_path, monkeypatch):
     original = crit_mod.SetCriterion.forward
     calls = {"n": 0}
 
-    def flaky(self, outputs, targets):
-        losses = original(self, outputs, targets)
+    def flaky(self, *args):
+        losses = original(self, *args)
         calls["n"] += 1
         if calls["n"] == 2:  # one bad step: skipped, training goes on
             losses["loss_ce"] = losses["loss_ce"] * float("nan")
@@ -83,37 +93,31 @@ def test_nonfinite_losses_skip_then_abort(synth_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(crit_mod.SetCriterion, "forward", flaky)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert cli(["train", "--data", str(synth_dir), "--out", str(tmp_path / "a"),
-                    "--mode", "fixed", "--max-steps", "4", *SMALL]) == 0
+        train(smoke_config(str(synth_dir), str(tmp_path / "a"), "fixed", 4))
     assert any("non-finite loss at step 1" in str(w.message) for w in caught)
     assert [r["step"] for r in read_metrics(tmp_path / "a")] == [1, 3, 4]
 
-    def always_nan(self, outputs, targets):
-        return {k: v * float("nan") for k, v in original(self, outputs, targets).items()}
+    def always_nan(self, *args):
+        return {k: v * float("nan") for k, v in original(self, *args).items()}
 
     monkeypatch.setattr(crit_mod.SetCriterion, "forward", always_nan)
-    from elastic_lab.train import add_arguments, train
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args(["--data", str(synth_dir), "--out", str(tmp_path / "b"),
-                         "--max-steps", "10", "--max-bad-steps", "3", *SMALL])
+    config = smoke_config(str(synth_dir), str(tmp_path / "b"), "fixed", 10)
+    config.train.max_bad_steps = 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(TrainingDiverged, match="3 consecutive non-finite losses"):
-            train(args)
+            train(config)
 
 
-def test_data_loader_worker_error_names_the_file(synth_dir, tmp_path, capsys):
+def test_data_loader_worker_error_names_the_file(synth_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
     bad = sorted((data / "images" / "train").glob("*.png"))[5]
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    small = [a if a != "0" else "1" for a in SMALL]  # one data-loader worker process
-    assert small[small.index("--workers") + 1] == "1"
-    code = cli(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--mode", "fixed",
-                "--max-steps", "12", *small])
-    assert code == 1
-    assert bad.name in capsys.readouterr().err
+    config = smoke_config(str(data), str(tmp_path / "r"), "fixed", 12)
+    config.workers = 1  # one data-loader worker process
+    with pytest.raises(ValueError, match=bad.name):  # what `elastic-lab train` prints
+        train(config)
 
 
 def test_torchrun_two_processes_match_one_process(synth_dir, tmp_path):
@@ -127,14 +131,16 @@ def test_torchrun_two_processes_match_one_process(synth_dir, tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not found")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--data", str(synth_dir), "--mode", "elastic", "--max-steps", "4", "--device",
-            "cpu", *SMALL]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "elastic_lab.train", "--out", str(one), *args],
-                   check=True, env=env, capture_output=True)
-    r = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517",
-                        "-m", "elastic_lab.train", "--out", str(two), *args], check=False, env=env,
-                       capture_output=True, text=True)
+    files = {}
+    for out in (one, two):
+        config = smoke_config(str(synth_dir), str(out), "elastic", 4)
+        config.device = "cpu"
+        files[out] = config_file(config, tmp_path / f"{out.name}.json")
+    subprocess.run([sys.executable, RUNNER, files[one]], check=True, env=env,
+                   capture_output=True)
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517", RUNNER,
+                        files[two]], check=False, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = read_metrics(one), read_metrics(two)
     assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3, 4]

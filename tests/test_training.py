@@ -1,30 +1,30 @@
 """Training loop, elastic joint training, evaluation and the CLI, on the synthetic set."""
 
+import argparse
 import json
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from elastic_lab.checkpoint import CheckpointError
+from elastic_lab.checkpoint import CheckpointError, load_checkpoint
 from elastic_lab.cli import main as cli
+from elastic_lab.config import TrainConfig, smoke_config
 from elastic_lab.data.coco import CocoDetection, collate_fn
 from elastic_lab.data.sampler import group_by_size
 from elastic_lab.data.synth import sample_size
 from elastic_lab.engine import hflip_pool, train_step
 from elastic_lab.evaluate import coco_metrics, phi_by_regime
 from elastic_lab.models.build import ModelOptions, build_model, load_model
-from elastic_lab.models.criterion import ElasticLossOptions, SetCriterion, weight_dict
-from elastic_lab.models.matcher import HungarianMatcher
+from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from elastic_lab.resize import processed_size
 from elastic_lab.runtime import split_paths
+from elastic_lab.train import add_arguments, config_from_args, train
 from tests.test_model import TINY
 
-SMALL = ["--hidden-dim", "32", "--enc-layers", "1", "--dec-layers", "2", "--base-size", "64",
-         "--batch-size", "4", "--pool-batches", "2", "--workers", "0", "--log-every", "1",
-         "--thumb-size", "32"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,11 +32,17 @@ def read_metrics(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
+def smoke(data, out, mode="fixed", max_steps=2, **train_changes) -> TrainConfig:
+    """smoke_config with some TrainOptions changed."""
+    config = smoke_config(str(data), str(out), mode, max_steps)
+    config.train = replace(config.train, **train_changes)
+    return config
+
+
 @pytest.fixture(scope="module")
 def elastic_run(synth_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("elastic_run")
-    assert cli(["train", "--data", str(synth_dir), "--out", str(run), "--mode", "elastic",
-                "--max-steps", "4", *SMALL]) == 0
+    assert train(smoke(synth_dir, run, "elastic", 4)) == run / "checkpoint.pt"
     return run
 
 
@@ -46,19 +52,20 @@ def test_elastic_step_updates_both_networks_and_gamma(synth_dir):
     model = build_model(ModelOptions(mode="elastic", base_size=64, thumb_size=32, detr=TINY),
                         ds.num_classes).train()
     # boundaries scaled with the 64 px base size (32/96 px belong to base sizes ~256)
-    crit = SetCriterion(ds.num_classes, HungarianMatcher(), elastic=ElasticLossOptions(8, 24))
-    weights = weight_dict(TINY.num_decoder_layers, True)
+    crit = build_criterion(ds.num_classes, TINY.num_decoder_layers, ElasticLossOptions(8, 24))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, targets = collate_fn([ds[i] for i in range(4)])
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    values, outputs = train_step(model, crit, weights, opt, images, targets, None, 0.1)
+    # parameters only: BatchNorm running statistics change in any forward, gradient or not
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    values, outputs = train_step(model, crit, opt, images, targets, None, 0.1)
     assert all(np.isfinite(v) for v in values.values())
     assert values["loss_scale"] > 0 and "loss_dist" in values
-    after = model.state_dict()
+    after = dict(model.named_parameters())
     changed = lambda prefix: any(not torch.equal(before[k], after[k])
                                  for k in before if k.startswith(prefix))
-    assert changed("detector.") and changed("predictor.")
+    assert changed("detector.") and changed("predictor.trunk.") and changed("predictor.head.")
     assert not torch.equal(before["log_gamma"], after["log_gamma"])
+    assert crit.bin_ema.seen.any()  # the step folded its matches into the per-bin EMA
     phi = outputs["phi"]
     assert not phi.requires_grad
     assert ((phi >= model.tau_min) & (phi <= model.tau_max)).all()
@@ -70,7 +77,7 @@ def test_resize_is_detached_detection_loss_does_not_reach_predictor(synth_dir):
                         ds.num_classes).train()
     images, targets = collate_fn([ds[i] for i in range(2)])
     out = model(images)
-    crit = SetCriterion(ds.num_classes, HungarianMatcher())  # detection terms only
+    crit = build_criterion(ds.num_classes, TINY.num_decoder_layers)  # detection terms only
     sum(crit(out, targets).values()).backward()
     assert all(p.grad is None for p in model.predictor.parameters())
     assert any(p.grad is not None for p in model.detector.parameters())
@@ -94,13 +101,13 @@ def test_bucketed_pools_keep_padding_under_15_percent():
 
 def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    aug = ["--hflip", "0.5"]  # the flips of a resumed pool are those of the interrupted one
-    assert cli(["train", "--data", str(synth_dir), "--out", str(full), "--mode", "elastic",
-                "--max-steps", "6", *SMALL, *aug]) == 0
-    assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--mode", "elastic",
-                "--max-steps", "3", *SMALL, *aug]) == 0   # stops mid-pool
-    assert cli(["train", "--data", str(synth_dir), "--out", str(part), "--resume",
-                "--max-steps", "6", *SMALL, *aug]) == 0
+    # hflip: the flips of a resumed pool are those of the interrupted one
+    train(smoke(synth_dir, full, "elastic", 6, hflip=0.5))
+    train(smoke(synth_dir, part, "elastic", 3, hflip=0.5))  # stops mid-pool
+    assert load_checkpoint(part / "checkpoint.pt")["pending_plan"]
+    resumed = smoke(synth_dir, part, "elastic", 6, hflip=0.5)
+    resumed.resume = True
+    train(resumed)
     a, b = read_metrics(full), read_metrics(part)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
@@ -112,10 +119,11 @@ def test_amp_and_return_layer_options_reach_the_run(synth_dir, tmp_path):
     """--amp (bfloat16 autocast on the CPU) trains to the same losses as float32 within bf16
     precision; --return-layer layer2 gives a stride-8 detector and is stored in the checkpoint."""
     runs = {}
-    for name, extra in (("fp32", []), ("amp", ["--amp"])):
+    for name, amp in (("fp32", False), ("amp", True)):
         runs[name] = tmp_path / name
-        assert cli(["train", "--data", str(synth_dir), "--out", str(runs[name]), "--mode",
-                    "fixed", "--max-steps", "3", "--device", "cpu", *SMALL, *extra]) == 0
+        config = smoke(synth_dir, runs[name], "fixed", 3)
+        config.device, config.amp = "cpu", amp
+        train(config)
     a, b = read_metrics(runs["fp32"]), read_metrics(runs["amp"])
     assert [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
@@ -123,8 +131,9 @@ def test_amp_and_return_layer_options_reach_the_run(synth_dir, tmp_path):
     assert any(ra["loss"] != rb["loss"] for ra, rb in zip(a, b)), "--amp changed nothing"
 
     run = tmp_path / "layer2"
-    assert cli(["train", "--data", str(synth_dir), "--out", str(run), "--mode", "fixed",
-                "--max-steps", "1", "--return-layer", "layer2", *SMALL]) == 0
+    config = smoke(synth_dir, run, "fixed", 1)
+    config.model.detr.return_layer = "layer2"
+    train(config)
     model, ckpt = load_model(run / "checkpoint.pt")
     assert ckpt["model_options"]["detr"]["return_layer"] == "layer2"
     assert model.stride == 8 and model.detector.backbone.num_channels == 128
@@ -202,9 +211,17 @@ def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "gflops_per_image", "latency_ms",
                 "mean_scale", "predictor_gflops", "compute_saved", "phi_histogram"):
         assert key in m, key
-    assert 0.5 <= m["mean_scale"] <= 1.5
+    model, ckpt = load_model(elastic_run / "checkpoint.pt")
+    ds = CocoDetection(*split_paths(synth_dir, "val"), categories=ckpt["categories"])
+    with torch.no_grad():  # phi straight from the predictor, one image at a time
+        phis = {i: float(model.predictor([ds[k][0]])["phi"][0]) for k, i in enumerate(ds.ids)}
+    assert m["mean_scale"] == pytest.approx(np.mean(list(phis.values())), abs=1e-5)
     assert m["gflops_per_image"] == pytest.approx(m["detector_gflops"] + m["predictor_gflops"])
-    assert m["phi_by_regime"] and all(0.5 <= v <= 1.5 for v in m["phi_by_regime"].values())
+    regimes: dict[str, list[float]] = {}
+    for i, phi in phis.items():
+        regimes.setdefault(ds.coco.imgs[i]["regime"], []).append(phi)
+    assert m["phi_by_regime"] == pytest.approx({r: np.mean(v) for r, v in regimes.items()},
+                                               abs=1e-5)
     forced = tmp_path / "forced.json"
     assert cli(["eval", "--checkpoint", str(elastic_run / "checkpoint.pt"), "--data",
                 str(synth_dir), "--json", str(forced), "--scale", "1.0",
@@ -216,7 +233,11 @@ def test_eval_and_predict_cli(elastic_run, synth_dir, tmp_path, capsys):
     assert cli(["predict", "--checkpoint", str(elastic_run / "checkpoint.pt"), str(image),
                 "--json", "--threshold", "0"]) == 0
     r = json.loads(capsys.readouterr().out)[0]
-    assert 0.5 <= r["phi"] <= 1.5 and r["detections"]
+    image_id = next(i for i in ds.ids if ds.coco.imgs[i]["file_name"] == image.name)
+    assert r["phi"] == pytest.approx(phis[image_id], abs=1e-5) and r["detections"]
+    assert tuple(r["processed_size"]) == processed_size(r["height"], r["width"], r["phi"],
+                                                        model.base_size, model.max_size,
+                                                        model.stride)
     assert {"processed_size", "base_size", "gflops", "gflops_phi1", "latency_ms",
             "latency_ms_phi1"} <= set(r)
     assert r["detections"][0]["label"] in {c["name"] for c in
@@ -262,11 +283,16 @@ def test_eval_and_predict_honour_amp(elastic_run, synth_dir, tmp_path, capsys):
         assert np.allclose(best_b["box"], best_a["box"], atol=0.05 * side)
     assert [d["score"] for d in a["detections"]] != [d["score"] for d in b["detections"]], \
         "--amp changed nothing"
-    out = tmp_path / "amp.json"
-    assert cli(["eval", "--checkpoint", ckpt, "--data", str(synth_dir), "--json", str(out),
-                "--latency-images", "0", "--device", "cpu", "--amp"]) == 0
-    m = json.loads(out.read_text())
-    assert m["amp"] is True and 0.0 <= m["AP"] <= 1.0 and 0.5 <= m["mean_scale"] <= 1.5
+    evals = {}
+    for name, extra in (("fp32", []), ("amp", ["--amp"])):
+        out = tmp_path / f"{name}.json"
+        assert cli(["eval", "--checkpoint", ckpt, "--data", str(synth_dir), "--json", str(out),
+                    "--latency-images", "0", "--device", "cpu", *extra]) == 0
+        evals[name] = json.loads(out.read_text())
+    a, b = evals["fp32"], evals["amp"]
+    assert a["amp"] is False and b["amp"] is True
+    assert b["mean_scale"] == pytest.approx(a["mean_scale"], abs=0.02)
+    assert b["mean_scale"] != a["mean_scale"], "--amp changed nothing in eval"
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, synth_dir, capsys):
@@ -303,3 +329,65 @@ def test_phi_vs_object_size_spearman(synth_dir):
     assert phi_vs_object_size(ds, follows)["spearman_phi_vs_median_side"] == pytest.approx(-1.0)
     against = [{"image_id": i, "phi": np.log(sides[i])} for i in sides]
     assert phi_vs_object_size(ds, against)["spearman_phi_vs_median_side"] == pytest.approx(1.0)
+
+
+def test_the_command_line_builds_the_config_a_python_caller_builds(tmp_path):
+    """`elastic-lab train` flags -> TrainConfig; the defaults (the boundaries b_s, b_l scaled to
+    the base size included) equal those of TrainConfig, so both callers get the same run."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--data", "d", "--out", "o", "--mode", "elastic", "--hidden-dim", "32",
+            "--enc-layers", "1", "--dec-layers", "2", "--base-size", "64", "--batch-size", "4",
+            "--pool-batches", "2", "--workers", "0", "--thumb-size", "32", "--log-every", "1",
+            "--max-steps", "2"]
+    assert config_from_args(parser.parse_args(argv)).to_dict() == \
+        smoke_config("d", "o", "elastic").to_dict()
+    loss = smoke_config("d", "o", "elastic").loss_options()
+    assert (loss.b_s, loss.b_l) == (32 * 64 / 800, 96 * 64 / 800)
+    custom = config_from_args(parser.parse_args(argv + [
+        "--boundary-small", "5", "--lambda-scale", "2.5", "--lambda-dist", "0.5",
+        "--no-distribution-loss", "--amp", "--max-minutes", "3"]))
+    assert custom.loss.b_s == 5.0 and custom.loss.b_l == 96 * 64 / 800
+    assert not custom.loss.use_distribution_loss and custom.amp and custom.max_minutes == 3.0
+    assert (custom.train.lambda_scale, custom.train.lambda_dist) == (2.5, 0.5)
+    assert TrainConfig.from_dict(custom.to_dict()) == custom
+    with pytest.raises(ValueError, match="hflip"):
+        config_from_args(parser.parse_args(argv + ["--hflip", "1.5"]))
+
+
+def test_lambdas_weight_the_elastic_terms_of_the_step_loss(synth_dir):
+    torch.manual_seed(0)
+    ds = CocoDetection(*split_paths(synth_dir, "train"))
+    model = build_model(ModelOptions(mode="elastic", base_size=64, thumb_size=32, detr=TINY),
+                        ds.num_classes).train()
+    crit = build_criterion(ds.num_classes, TINY.num_decoder_layers, ElasticLossOptions(8, 24),
+                           lambda_scale=2.5, lambda_dist=0.5)
+    assert (crit.weight_dict["loss_scale"], crit.weight_dict["loss_dist"]) == (2.5, 0.5)
+    assert crit.weight_dict["loss_bbox_0"] == 5.0 and crit.weight_dict["loss_giou_enc"] == 2.0
+    images, targets = collate_fn([ds[i] for i in range(4)])
+    values, _ = train_step(model, crit, torch.optim.SGD(model.parameters(), lr=0.0), images,
+                           targets, None, 0.0)
+    expected = sum(values[k] * w for k, w in crit.weight_dict.items())
+    assert values["loss"] == pytest.approx(expected, rel=1e-5)
+    assert values["loss_dist"] > 0 and values["loss_scale"] > 0
+
+
+def test_runs_of_any_length_record_their_last_step(synth_dir, tmp_path):
+    """A row every log_every steps and one for the last step: a 2-step run with log_every 10
+    has one row (step 2); resumed to 5 steps it adds the row of step 5; a run bounded by its
+    epochs records the last step of its last epoch."""
+    run = tmp_path / "short"
+    train(smoke(synth_dir, run, "elastic", 2, log_every=10))
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [2] and np.isfinite(rows[0]["loss"])
+    assert "gamma" in rows[0] and rows[0]["epoch"] == 0
+    resumed = smoke(synth_dir, run, "elastic", 5, log_every=10)
+    resumed.resume = True
+    train(resumed)
+    assert [r["step"] for r in read_metrics(run)] == [2, 5]
+    by_epochs = tmp_path / "epochs"
+    config = smoke(synth_dir, by_epochs, "fixed", None, log_every=100, epochs=1)
+    train(config)
+    steps = load_checkpoint(by_epochs / "checkpoint.pt")["step"]
+    assert steps == len(CocoDetection(*split_paths(synth_dir, "train"))) // 4
+    assert [(r["step"], r["epoch"]) for r in read_metrics(by_epochs)] == [(steps, 0)]

@@ -4,7 +4,13 @@ Detection terms (Deformable-DETR flavour, a convergence aid on CPU): ``loss_ce``
 classification, ``loss_bbox`` L1 on normalised boxes, ``loss_giou``; repeated with suffix
 ``_{i}`` for decoder layer i and ``_enc`` for the first-stage proposals. Elastic terms (when the
 model outputs a "scale" entry): ``loss_scale`` (scale_loss.py) and ``loss_dist``
-(distribution_loss.py). The training loop sums ``losses[k] * weight_dict[k]``.
+(distribution_loss.py). :func:`build_criterion` sets ``criterion.weight_dict`` and the training
+loop sums ``losses[k] * weight_dict[k]`` (engine.train_step).
+
+The distribution loss reads a per-size-bin EMA of the matched localization losses. A training
+step folds its own matches into that EMA *before* the loss reads it, with an explicit
+:meth:`SetCriterion.update_bin_ema` call (a collective under torchrun); the forward itself only
+reads the EMA.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from ..distributed import all_sum, world_mean
 from ..distribution_loss import BinLossEMA, balance_loss, distribution_loss
-from ..scale_loss import scale_loss, size_bins
+from ..scale_loss import object_sides, scale_loss, size_bins
 from .matcher import HungarianMatcher
+
+Matches = list[tuple[Tensor, Tensor]]  # per image: (prediction indices [k], target indices [k])
 
 
 @dataclass
 class ElasticLossOptions:
-    """Options of the scale and distribution losses (method.md §3-4)."""
+    """Options of the scale and distribution losses (docs/method.md §3-4)."""
 
     b_s: float = 32.0                   # small/medium boundary side in pixels at gamma = 1
     b_l: float = 96.0                   # medium/large boundary side
@@ -35,6 +43,15 @@ class ElasticLossOptions:
     distribution: str = "beta-w1"       # "beta-w1" (ours) or "balance" (DyRA)
     use_scale_loss: bool = True
     use_distribution_loss: bool = True
+
+    @classmethod
+    def for_base_size(cls, base_size: int, b_s: float | None = None, b_l: float | None = None,
+                      **options) -> ElasticLossOptions:
+        """The options ``elastic-lab train`` uses at ``base_size``: unless given, the boundaries
+        are COCO's small/medium and medium/large sides (32 and 96 px at COCO's base size 800)
+        scaled to ours, b_s = 32·base_size/800 and b_l = 96·base_size/800."""
+        return cls(b_s=32.0 * base_size / 800 if b_s is None else b_s,
+                   b_l=96.0 * base_size / 800 if b_l is None else b_l, **options)
 
 
 def weight_dict(num_decoder_layers: int, elastic: bool, ce: float = 2.0, bbox: float = 5.0,
@@ -50,93 +67,129 @@ def weight_dict(num_decoder_layers: int, elastic: bool, ce: float = 2.0, bbox: f
     return weights
 
 
+def matched_box_losses(outputs: dict, targets: list[dict], indices: Matches
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Box terms of the matched pairs, M = number of matches over the batch.
+
+    outputs: {"pred_boxes": [B, Q, 4] normalised cxcywh}; targets: {"boxes": [Ni, 4]}.
+    Returns (batch index [M], L1 [M, 4] per coordinate, 1 - GIoU [M]).
+    """
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    src_idx = torch.cat([src for src, _ in indices])
+    src_boxes = outputs["pred_boxes"][batch_idx, src_idx]
+    tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
+    l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
+    giou = torch.diag(generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
+                                          box_convert(tgt_boxes, "cxcywh", "xyxy")))
+    return batch_idx, l1, 1 - giou
+
+
+def target_sides(targets: list[dict], image_sizes: Tensor) -> list[Tensor]:
+    """Object sides sqrt(w·h) in pixels at each image's processed size [B, 2] (h, w)."""
+    return [object_sides(t["boxes"], size) for t, size in zip(targets, image_sizes.float())]
+
+
 class SetCriterion(nn.Module):
     """Hungarian matching + named loss terms.
 
-    forward(outputs, targets) -> dict of scalar losses. In elastic mode ``self.bin_ema`` keeps
-    the per-bin EMA of matched localization losses (synchronised over ranks).
+    forward(outputs, targets, indices=None) -> dict of scalar losses (``indices``: the matches of
+    the last decoder layer when the caller already has them). In elastic mode ``self.bin_ema``
+    keeps the per-bin EMA of matched localization losses, updated by :meth:`update_bin_ema`.
     """
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, focal_alpha: float = 0.25,
-                 elastic: ElasticLossOptions | None = None):
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
+                 focal_alpha: float = 0.25, elastic: ElasticLossOptions | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
         self.focal_alpha = focal_alpha
         self.elastic = elastic
         self.bin_ema = BinLossEMA(momentum=elastic.ema_momentum) if elastic else None
 
-    def detection_losses(self, outputs: dict, targets: list[dict], indices, num_boxes: float
-                         ) -> dict[str, Tensor]:
+    def detection_losses(self, outputs: dict, targets: list[dict], indices: Matches,
+                         num_boxes: float) -> dict[str, Tensor]:
         """loss_ce, loss_bbox, loss_giou for one set of predictions."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        logits = outputs["pred_logits"]
+        batch_idx, l1, giou_loss = matched_box_losses(outputs, targets, indices)
         src_idx = torch.cat([src for src, _ in indices])
         onehot = torch.zeros_like(logits)
         tgt_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         onehot[batch_idx, src_idx, tgt_labels] = 1.0
         loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=2.0,
                                      reduction="sum") / num_boxes
-        src_boxes = boxes[batch_idx, src_idx]
-        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
-        loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
-        giou = torch.diag(generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
-                                              box_convert(tgt_boxes, "cxcywh", "xyxy")))
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox.sum() / num_boxes,
-                "loss_giou": (1 - giou).sum() / num_boxes,
-                "_per_object_loc": (loss_bbox.sum(1) + (1 - giou)).detach()}
+        return {"loss_ce": loss_ce, "loss_bbox": l1.sum() / num_boxes,
+                "loss_giou": giou_loss.sum() / num_boxes}
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], indices: Matches | None = None
+                ) -> dict[str, Tensor]:
         # boxes per process, averaged over ranks (DDP averages the gradients): DETR's normaliser
         local = torch.tensor([float(sum(len(t["labels"]) for t in targets))])
         num_boxes = max(float(world_mean(local)), 1.0)
 
-        indices = self.matcher(outputs, targets)
-        main = self.detection_losses(outputs, targets, indices, num_boxes)
-        per_object_loc = main.pop("_per_object_loc")
-        losses = dict(main)
+        indices = self.matcher(outputs, targets) if indices is None else indices
+        losses = self.detection_losses(outputs, targets, indices, num_boxes)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_losses = self.detection_losses(aux, targets, self.matcher(aux, targets), num_boxes)
-            aux_losses.pop("_per_object_loc")
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         if "enc_outputs" in outputs:
             enc = outputs["enc_outputs"]
             enc_losses = self.detection_losses(enc, targets, self.matcher(enc, targets), num_boxes)
-            enc_losses.pop("_per_object_loc")
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         if self.elastic is not None and "scale" in outputs:
-            losses.update(self.elastic_losses(outputs["scale"], targets, indices, per_object_loc))
+            losses.update(self.elastic_losses(outputs["scale"], targets))
         return losses
 
-    def elastic_losses(self, scale: dict, targets: list[dict], indices, per_object_loc: Tensor
-                       ) -> dict[str, Tensor]:
-        """loss_scale and loss_dist (method.md §3-4); updates the per-bin loss EMA when training.
+    @torch.no_grad()
+    def update_bin_ema(self, outputs: dict, targets: list[dict], indices: Matches) -> None:
+        """Fold one training step's matched localization losses into the per-bin EMA.
+
+        The per-object loss is L1 + (1 - GIoU) of each Hungarian-matched pair of the last decoder
+        layer (``indices``), binned by the object's side at the processed size against the
+        current boundaries. Sums and counts are added over ranks (every rank must call this).
+        """
+        opt, scale = self.elastic, outputs["scale"]
+        _, l1, giou_loss = matched_box_losses(outputs, targets, indices)
+        per_object_loc = l1.sum(1) + giou_loss                                   # [M]
+        sides = target_sides(targets, scale["image_sizes"])
+        matched_sides = torch.cat([sd[j] for sd, (_, j) in zip(sides, indices)])  # [M]
+        bins = size_bins(matched_sides, scale["log_gamma"].detach(), opt.b_s, opt.b_l)
+        sums = torch.zeros(3).index_add_(0, bins.cpu(), per_object_loc.float().cpu())
+        counts = torch.zeros(3).index_add_(0, bins.cpu(), torch.ones(len(bins)))
+        sums, counts = all_sum(sums), all_sum(counts)
+        seen = counts > 0
+        if seen.any():
+            self.bin_ema.update((sums[seen] / counts[seen]), torch.arange(3)[seen])
+
+    def elastic_losses(self, scale: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """loss_scale and loss_dist (docs/method.md §3-4) at the current bin EMA.
 
         scale: {"u": [B], "image_sizes": [B, 2] processed (h, w) pixels, "log_gamma": scalar}.
         """
         opt = self.elastic
-        u, sizes, log_gamma = scale["u"], scale["image_sizes"].float(), scale["log_gamma"]
-        sides = [(t["boxes"][:, 2] * s[1] * t["boxes"][:, 3] * s[0]).clamp(min=0).sqrt()
-                 for t, s in zip(targets, sizes)]                    # pixels at processed size
-        if self.training:  # per-bin EMA of matched localization losses (last decoder layer)
-            matched_sides = torch.cat([sd[j] for sd, (_, j) in zip(sides, indices)])
-            bins = size_bins(matched_sides, log_gamma.detach(), opt.b_s, opt.b_l)
-            sums = torch.zeros(3).index_add_(0, bins.cpu(), per_object_loc.float().cpu())
-            counts = torch.zeros(3).index_add_(0, bins.cpu(), torch.ones(len(bins)))
-            sums, counts = all_sum(sums), all_sum(counts)
-            seen = counts > 0
-            if seen.any():
-                self.bin_ema.update((sums[seen] / counts[seen]), torch.arange(3)[seen])
+        u, log_gamma = scale["u"], scale["log_gamma"]
+        sides = target_sides(targets, scale["image_sizes"])  # pixels at processed size
         ema = self.bin_ema.value
         zero = u.sum() * 0.0 + log_gamma * 0.0
         losses = {"loss_scale": zero, "loss_dist": zero}
         if opt.use_scale_loss:
             losses["loss_scale"] = scale_loss(u, sides, log_gamma, opt.b_s, opt.b_l, opt.k,
                                               opt.empty_target)
-        if opt.use_distribution_loss and ema is not None:
+        if opt.use_distribution_loss:
             if opt.distribution == "balance":
                 losses["loss_dist"] = balance_loss(log_gamma, ema, opt.b_s, opt.b_l)
             else:
                 losses["loss_dist"] = distribution_loss(sides, log_gamma, ema, opt.b_s, opt.b_l,
                                                         opt.k, opt.concentration)
         return losses
+
+
+def build_criterion(num_classes: int, num_decoder_layers: int,
+                    elastic: ElasticLossOptions | None = None, lambda_scale: float = 1.0,
+                    lambda_dist: float = 1.0) -> SetCriterion:
+    """The criterion of a run: Hungarian matcher, the weight dict of every term it returns
+    (detection terms of every decoder layer and the proposals; loss_scale weighted by
+    ``lambda_scale`` and loss_dist by ``lambda_dist`` when ``elastic`` options are given)."""
+    weights = weight_dict(num_decoder_layers, elastic is not None, scale=lambda_scale,
+                          dist_w=lambda_dist)
+    return SetCriterion(num_classes, HungarianMatcher(), weights, elastic=elastic)

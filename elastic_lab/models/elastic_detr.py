@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..resize import pad_batch, processed_size, resize_image
+from ..resize import pad_batch, phi_from_u, processed_size, resize_image
 from .detr import DETR, postprocess
 from .scale_predictor import ScalePredictor
 
@@ -39,8 +39,8 @@ class ElasticDETR(nn.Module):
         return self.detector.stride
 
     def phi_from_u(self, u: Tensor) -> Tensor:
-        """phi = tau_min + (tau_max - tau_min) * u."""
-        return self.tau_min + (self.tau_max - self.tau_min) * u
+        """phi = tau_min + (tau_max - tau_min) * u (resize.phi_from_u)."""
+        return phi_from_u(u, self.tau_min, self.tau_max)
 
     def sizes(self, orig_sizes: list[tuple[int, int]], phi: Tensor) -> list[tuple[int, int]]:
         """Processed (h, w) of each image for scale factors phi [B]."""

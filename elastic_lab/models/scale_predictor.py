@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..resize import phi_from_u
 from .backbone import build_resnet
 from .position_encoding import PositionEmbeddingSine
 
@@ -144,7 +145,7 @@ class ScalePredictor(nn.Module):
         memory = self.encoder(tokens, src_key_padding_mask=key_mask)
         logit = self.head(memory[:, 0]).squeeze(-1).float()  # [B], float32 under autocast too
         u = torch.sigmoid(logit)
-        phi = self.tau_min + (self.tau_max - self.tau_min) * u
+        phi = phi_from_u(u, self.tau_min, self.tau_max)
         return {"logit": logit, "u": u, "phi": phi}
 
     def forward(self, images: list[Tensor]) -> dict[str, Tensor]:

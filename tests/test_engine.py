@@ -1,0 +1,113 @@
+"""engine.plan_pool: how each mode chooses the detector's phi for the batches of a pool, and the
+TrainState that a checkpoint carries."""
+
+import pytest
+import torch
+
+from elastic_lab.data.sampler import group_by_size
+from elastic_lab.engine import StepPolicy, TrainState, plan_pool, step_generator
+from elastic_lab.models.build import ModelOptions, build_model
+from tests.test_model import TINY
+
+SIZES = [(96, 64), (64, 96), (80, 80), (120, 60), (64, 64), (100, 70), (72, 90), (60, 60)]
+SEED, STEP, BATCH = 3, 11, 2
+
+
+def pool(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) for h, w in SIZES]
+
+
+def model(mode):
+    torch.manual_seed(0)
+    return build_model(ModelOptions(mode=mode, base_size=64, thumb_size=32, detr=TINY), 3).train()
+
+
+def check_partition(plan):
+    positions = sorted(i for batch, _ in plan for i in batch)
+    assert positions == list(range(len(SIZES)))
+    assert all(len(batch) == BATCH for batch, _ in plan)
+
+
+def test_fixed_mode_plans_phi_one():
+    plan = plan_pool(model("fixed"), pool(), BATCH, StepPolicy("fixed"), SEED, STEP)
+    check_partition(plan)
+    assert all(torch.equal(phi, torch.ones(len(b))) for b, phi in plan)
+
+
+def test_multiscale_draws_one_uniform_phi_per_batch_reproducibly():
+    m, images = model("multiscale"), pool()
+    policy = StepPolicy("multiscale", 0.5, 1.5)
+    plan = plan_pool(m, images, BATCH, policy, SEED, STEP)
+    check_partition(plan)
+    per_batch = [float(phi[0]) for _, phi in plan]
+    assert all(torch.equal(phi, phi[:1].repeat(len(b))) for b, phi in plan)  # one phi a batch
+    assert len(set(per_batch)) == len(plan)
+    # the batches are grouped by size at phi = 1; batch i of that grouping gets draw i
+    draws = 0.5 + torch.rand(len(SIZES), generator=step_generator(SEED, STEP))
+    grouping = group_by_size(m.sizes([tuple(im.shape[-2:]) for im in images],
+                                     torch.ones(len(images))), BATCH)
+    expected = {tuple(b): float(draws[i]) for i, b in enumerate(grouping)}
+    assert {tuple(b): float(phi[0]) for b, phi in plan} == pytest.approx(expected)
+    again = plan_pool(m, images, BATCH, policy, SEED, STEP)
+    assert [(b, phi.tolist()) for b, phi in again] == [(b, phi.tolist()) for b, phi in plan]
+    other = plan_pool(m, images, BATCH, policy, SEED, STEP + 1)
+    assert sorted(float(phi[0]) for _, phi in other) != sorted(per_batch)
+
+
+def test_elastic_plans_the_predictors_phi_without_touching_batch_norm_statistics():
+    m, images = model("elastic"), pool()
+    stats = {k: v.clone() for k, v in m.predictor.state_dict().items() if "running" in k}
+    plan = plan_pool(m, images, BATCH, StepPolicy("elastic", 0.5, 1.5), SEED, STEP)
+    check_partition(plan)
+    assert all(torch.equal(v, m.predictor.state_dict()[k]) for k, v in stats.items())
+    with torch.no_grad():  # train mode (batch statistics), as the planner runs it
+        u = m.predictor(images)["u"].float()
+    phi = torch.empty(len(images))
+    for b, p in plan:
+        phi[b] = p
+    torch.testing.assert_close(phi, 0.5 + u, rtol=0, atol=1e-6)
+    # batches are grouped by the processed size at the predicted phi
+    sizes = m.sizes([tuple(im.shape[-2:]) for im in images], phi)
+    assert sorted(map(sorted, group_by_size(sizes, BATCH))) == sorted(sorted(b) for b, _ in plan)
+
+
+def test_elastic_warm_up_draws_uniform_phi_per_image_without_the_predictor(monkeypatch):
+    m, images = model("elastic"), pool()
+    monkeypatch.setattr(m.predictor, "forward", lambda *a: pytest.fail("predictor called"))
+    policy = StepPolicy("elastic", 0.5, 1.5, random_phi=True)
+    plan = plan_pool(m, images, BATCH, policy, SEED, STEP)
+    check_partition(plan)
+    draws = 0.5 + torch.rand(len(SIZES), generator=step_generator(SEED, STEP))
+    phi = torch.empty(len(images))
+    for b, p in plan:
+        phi[b] = p
+    torch.testing.assert_close(phi, draws, rtol=0, atol=1e-6)
+    assert any(len(set(p.tolist())) > 1 for _, p in plan)  # per image, not per batch
+
+
+def test_exploration_noise_perturbs_u_with_the_steps_generator():
+    m, images = model("elastic"), pool()
+    clean = plan_pool(m, images, BATCH, StepPolicy("elastic", 0.5, 1.5), SEED, STEP)
+    noisy = plan_pool(m, images, BATCH, StepPolicy("elastic", 0.5, 1.5, explore_noise=0.2),
+                      SEED, STEP)
+    phi_clean, phi_noisy = torch.empty(len(images)), torch.empty(len(images))
+    for (b, p), (bn, pn) in zip(clean, noisy):
+        phi_clean[b], phi_noisy[bn] = p, pn
+    noise = 0.2 * torch.randn(len(images), generator=step_generator(SEED, STEP))
+    expected = 0.5 + ((phi_clean - 0.5) + noise).clamp(0, 1)
+    torch.testing.assert_close(phi_noisy, expected, rtol=0, atol=1e-6)
+    assert (phi_noisy - phi_clean).abs().max() > 0.05
+
+
+def test_train_state_round_trips_through_a_checkpoint_dict():
+    state = TrainState(epoch=2, next_pool=5, step=40, total_steps=100,
+                       pending_plan=[([3, 1], torch.tensor([1.25, 0.75])), ([0, 2], None)])
+    saved = state.to_checkpoint()
+    assert saved == {"epoch": 2, "next_pool": 5, "step": 40,
+                     "pending_plan": [[[3, 1], [1.25, 0.75]], [[0, 2], None]]}
+    back = TrainState.from_checkpoint(saved, total_steps=100)
+    assert (back.epoch, back.next_pool, back.step, back.done) == (2, 5, 40, False)
+    assert back.pending_plan[0][0] == [3, 1] and back.pending_plan[1][1] is None
+    assert torch.equal(back.pending_plan[0][1], torch.tensor([1.25, 0.75]))
+    assert TrainState.from_checkpoint(saved, total_steps=40).done
