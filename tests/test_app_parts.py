@@ -37,7 +37,7 @@ from elastic_lab.data.image import (
 from elastic_lab.data.synth import EXAMPLE_SIZE, categories_for
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.viz.draw import DISPLAY_MIN, draw_detections, place_label
-from tests.test_app import _exif_rotated, png_header_only
+from tests.app_server import exif_rotated_jpeg, png_header_only
 from tests.test_model import TINY
 
 CATS = categories_for()
@@ -82,7 +82,7 @@ def test_data_url_roundtrip_and_its_pixel_check():
 
 def test_exif_rotation_reaches_the_model_upright(tmp_path):
     path = tmp_path / "rotated.jpg"
-    _exif_rotated(path)
+    exif_rotated_jpeg(path)
     upload = open_upload(path)
     assert upload.image.size == (200, 300) and upload.stored_size == (300, 200)
     pixels = np.asarray(upload.image)
