@@ -32,6 +32,7 @@ from elastic_lab.app.files import (
     ResultStore,
     list_checkpoints,
     prepare_examples,
+    write_jpeg,
     write_png,
     write_result_json,
 )
@@ -168,7 +169,7 @@ def build_demo(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
                              "scale": drawing.scale, "labels": [list(r) for r in drawing.labels],
                              "unlabelled": drawing.unlabelled}
         out = store.new_dir()
-        drawn = write_png(drawing.image, upload.name, out)
+        drawn = write_jpeg(drawing.image, upload.name, out)
         path = write_result_json(result, out)
         return str(drawn), summary_markdown(result), caveat_markdown(result), result, str(path)
 

@@ -84,6 +84,20 @@ def test_detect_real_photo(server):
     assert result["input_format"] == "JPEG" and "trained on generated shapes" in caveat
 
 
+def test_latency_on_request_is_paired_and_labelled_noisy(server):
+    client, _, info = server
+    _, summary, _, result, _ = detect(client, info["examples"] / "tiny.png", threshold=0.3,
+                                      measure_latency=True)
+    lo, hi = result["latency_ratio_range"]
+    assert result["latency_pairs"] == 5 and lo <= result["latency_ratio"] <= hi
+    assert result["latency_ms"] > 0 and result["latency_ms_phi1"] > 0
+    assert "noisy" in summary and f"ratio {result['latency_ratio']:.2f}" in summary
+    # GFLOPs lead the summary; without the request no latency is measured or shown
+    assert summary.index("GFLOPs") < summary.index("latency")
+    _, summary, _, result, _ = detect(client, info["examples"] / "tiny.png")
+    assert "latency_ms" not in result and "latency" not in summary
+
+
 def test_forced_phi_is_honoured(server):
     client, _, info = server
     _, summary, _, result, _ = detect(client, info["examples"] / "large.png", force_phi=True,

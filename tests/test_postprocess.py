@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from PIL import Image
 from elastic_lab.data.synth import categories_for
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.models.detr import postprocess
-from elastic_lab.predict import match_ground_truth, predict_image
+from elastic_lab.predict import match_ground_truth, paired_latency, predict_image
 from tests.test_model import TINY
 
 
@@ -87,3 +88,24 @@ def test_match_ground_truth_needs_class_and_overlap():
     assert match_ground_truth([], truth) == [False, False]
     assert match_ground_truth(dets, []) == []
     assert match_ground_truth([{"box": [5, 5, 15, 15], "category_id": 1}], truth[:1]) == [False]
+
+
+def test_paired_latency_times_both_sides_in_alternating_pairs():
+    calls: list[str] = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02)
+
+    def fast():
+        calls.append("fast")
+        time.sleep(0.01)
+
+    r = paired_latency(slow, fast, pairs=4, warmup=1)
+    assert calls[:2] == ["slow", "fast"]  # warm-up
+    assert calls[2:] == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]
+    assert r["latency_pairs"] == 4 and r["latency_ms"] >= 20 and r["latency_ms_phi1"] >= 10
+    lo, hi = r["latency_ratio_range"]
+    assert lo <= r["latency_ratio"] <= hi and 1.2 < r["latency_ratio"] < 2.5
+    with pytest.raises(ValueError, match="pairs must be >= 1"):
+        paired_latency(slow, fast, pairs=0)
