@@ -9,6 +9,10 @@ P̄_i = mean_j P_up,ij (computed with the **non-detached** γ) and that Beta
 (:func:`beta_w1`); its gradient moves only the boundary parameter g = log γ, which is how
 the boundaries are learned.
 
+:func:`budget_target_beta` is the project's compute-aware target (``--distribution-loss
+budget``): the same Beta-W1 loss, but the target's mean is set by a compute budget instead of
+the loss ratio, which is above ½ whenever small objects are the harder ones and so pushes φ up
+whatever it costs.
 :func:`balance_loss` is DyRA's alternative ("balance loss"), offered as an ablation switch.
 :func:`fit_beta_moments` fits a Beta to predicted scales for plots and logs.
 """
@@ -28,6 +32,7 @@ __all__ = [
     "balance_loss",
     "balance_target",
     "beta_w1",
+    "budget_target_beta",
     "distribution_loss",
     "fit_beta_moments",
     "mean_up_probability",
@@ -121,6 +126,34 @@ def target_beta(
     return concentration * r, concentration * (1.0 - r)
 
 
+def budget_target_beta(budget: float, tau_min: float, tau_max: float,
+                       concentration: float = 8.0, r_min: float = 0.05,
+                       r_max: float = 0.95) -> tuple[float, float]:
+    """Compute-aware target Beta(c·r, c·(1-r)) (ours): r such that E[(φ(u)/1)²] = ``budget``.
+
+    The detector's cost grows with the processed pixels, i.e. with φ² (measured: 3.04 / 5.35
+    / 8.38 GFLOPs at φ = 0.75 / 1 / 1.25 on the synthetic set, ratios 0.57 / 1 / 1.57). For
+    u ~ Beta(c·r, c·(1-r)) and φ = τmin + Δ·u, E[φ²] = (τmin + Δr)² + Δ²·r(1-r)/(c+1), a
+    quadratic in r; its root in [0, 1] is the target mean. ``budget`` is the mean detector
+    cost relative to φ = 1 (e.g. 0.8: 20 % fewer detector FLOPs than at φ = 1 on average).
+    The boundaries then move until the scales the scale loss asks for cost that much, and the
+    scale loss decides which images get the larger and which the smaller scales.
+    """
+    if budget <= 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    if concentration <= 0:
+        raise ValueError(f"concentration must be > 0, got {concentration}")
+    a, span = float(tau_min), float(tau_max) - float(tau_min)
+    v = 1.0 / (concentration + 1.0)
+    qa, qb, qc = span**2 * (1.0 - v), 2.0 * a * span + span**2 * v, a * a - budget
+    if qa == 0.0:  # tau_min == tau_max: every u gives the same φ
+        r = 0.5
+    else:
+        r = (-qb + math.sqrt(max(qb * qb - 4.0 * qa * qc, 0.0))) / (2.0 * qa)
+    r = min(max(r, r_min), r_max)
+    return concentration * r, concentration * (1.0 - r)
+
+
 def beta_w1(samples: Tensor, alpha: float, beta: float) -> Tensor:
     """W1 between the empirical distribution of ``samples`` and Beta(alpha, beta).
 
@@ -176,6 +209,7 @@ def distribution_loss(
     concentration: float = 8.0,
     r_min: float = 0.05,
     r_max: float = 0.95,
+    target: tuple[float, float] | None = None,
 ) -> Tensor:
     """Distribution loss L_dist = W1({P̄_i}, Beta(α*, β*)) (method.md §4).
 
@@ -184,6 +218,8 @@ def distribution_loss(
             (data: detached). Images without objects are skipped.
         log_gamma: the learnable g (γ = exp(g)); the only thing that receives a gradient.
         ema: [3] per-bin mean localization losses (or a :class:`BinLossEMA`).
+        target: (α*, β*) to use instead of :func:`target_beta` of ``ema`` (e.g.
+            :func:`budget_target_beta`).
     Returns:
         0-d tensor; 0 (still attached to g) when fewer than 2 images have objects.
     """
@@ -191,7 +227,8 @@ def distribution_loss(
     p_mean, _ = mean_up_probability(sides_per_image, g, b_s, b_l, k)
     if p_mean.numel() < 2:
         return g.sum() * 0.0
-    alpha, beta = target_beta(ema, concentration, r_min, r_max)
+    alpha, beta = target if target is not None else target_beta(ema, concentration, r_min,
+                                                                 r_max)
     return beta_w1(p_mean, alpha, beta)
 
 

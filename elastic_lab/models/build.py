@@ -27,6 +27,10 @@ class ModelOptions:
     predictor_d_model: int = 64
     predictor_layers: int = 2
     predictor_weights: str | None = None
+    predictor_trunk: str = "resnet18"     # resnet18 | mobilenet_v3_large | mobilenet_v3_small
+    predictor_norm: str = "batch"         # group | batch | frozen (predictor_trunk.py)
+    predictor_size_bins: int = 0          # > 0: dense size head with that many bins (size_map.py)
+    fixed_phi: float = 1.0            # the scale of models without a predictor (fixed mode)
     detr: DetrOptions = field(default_factory=DetrOptions)
 
     def to_dict(self) -> dict:
@@ -54,9 +58,10 @@ def build_model(opts: ModelOptions, num_classes: int) -> ElasticDETR:
     if opts.mode == "elastic":
         predictor = ScalePredictor(opts.tau_min, opts.tau_max, opts.thumb_size,
                                    opts.predictor_d_model, num_layers=opts.predictor_layers,
-                                   weights=opts.predictor_weights)
+                                   weights=opts.predictor_weights, trunk=opts.predictor_trunk,
+                                   norm=opts.predictor_norm, size_bins=opts.predictor_size_bins)
     return ElasticDETR(detector, predictor, opts.base_size, opts.max_size, opts.tau_min,
-                       opts.tau_max)
+                       opts.tau_max, fixed_phi=opts.fixed_phi)
 
 
 def load_model(path, device: str | None = "cpu") -> tuple[ElasticDETR, dict]:

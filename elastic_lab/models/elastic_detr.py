@@ -26,12 +26,14 @@ class ElasticDETR(nn.Module):
     """
 
     def __init__(self, detector: DETR, predictor: ScalePredictor | None, base_size: int,
-                 max_size: int | None, tau_min: float = 0.5, tau_max: float = 1.5):
+                 max_size: int | None, tau_min: float = 0.5, tau_max: float = 1.5,
+                 fixed_phi: float = 1.0):
         super().__init__()
         self.detector = detector
         self.predictor = predictor
         self.base_size, self.max_size = base_size, max_size
         self.tau_min, self.tau_max = tau_min, tau_max
+        self.fixed_phi = float(fixed_phi)  # the scale used when there is no predictor
         self.log_gamma = nn.Parameter(torch.zeros(())) if predictor is not None else None
 
     @property
@@ -51,7 +53,7 @@ class ElasticDETR(nn.Module):
     def predict_phi(self, images: list[Tensor]) -> Tensor:
         """Predicted scale factors [B] (no gradient)."""
         if self.predictor is None:
-            return torch.ones(len(images))
+            return torch.full((len(images),), self.fixed_phi)
         return self.predictor(images)["phi"].float().cpu()
 
     def forward(self, images: list[Tensor], phi: Tensor | None = None) -> dict:
@@ -59,7 +61,8 @@ class ElasticDETR(nn.Module):
         if self.predictor is not None and (self.training or phi is None):
             scale = self.predictor(images)
         if phi is None:
-            phi = scale["phi"].detach() if scale is not None else torch.ones(len(images))
+            phi = (scale["phi"].detach() if scale is not None
+                   else torch.full((len(images),), self.fixed_phi))
         phi = phi.detach().float().cpu()
         resized = [resize_image(im, float(p), self.base_size, self.max_size, self.stride)
                    for im, p in zip(images, phi.tolist())]

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..resize import phi_from_u
-from .backbone import build_resnet
 from .position_encoding import PositionEmbeddingSine
+from .predictor_trunk import build_trunk
 
 __all__ = ["ScalePredictor"]
 
@@ -41,9 +40,13 @@ class ScalePredictor(nn.Module):
         d_model, nhead, num_layers: the head's transformer encoder (dim_ff = 4·d_model,
             dropout 0, post-norm).
         weights: "imagenet", a torchvision weights name (e.g. ``"IMAGENET1K_V1"``) or enum;
-            None = random initialisation (see backbone.build_resnet).
-        frozen_bn: use ``FrozenBatchNorm2d`` in the trunk (DETR's choice for pretrained
-            backbones); default trainable ``BatchNorm2d``.
+            None = random initialisation.
+        frozen_bn: shorthand for ``norm="frozen"`` (kept for old callers).
+        trunk: "resnet18" (to layer3), "mobilenet_v3_large" or "mobilenet_v3_small" (to
+            stride 16); see predictor_trunk.py.
+        norm: "group", "batch" or "frozen" normalisation in the trunk (default: "frozen" when
+            ``frozen_bn`` else "batch", the behaviour of the first versions).
+        size_bins: K > 0 adds the dense size head (size_map.py): K logits per trunk cell.
     """
 
     def __init__(
@@ -56,6 +59,9 @@ class ScalePredictor(nn.Module):
         num_layers: int = 2,
         weights: str | ResNet18_Weights | None = None,
         frozen_bn: bool = False,
+        trunk: str = "resnet18",
+        norm: str | None = None,
+        size_bins: int = 0,
     ):
         super().__init__()
         if not 0.0 < tau_min <= tau_max:
@@ -67,17 +73,16 @@ class ScalePredictor(nn.Module):
         self.thumb_size = int(thumb_size)
         self.d_model = d_model
 
-        norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
         if isinstance(weights, ResNet18_Weights):
             weights = weights.name
-        net = build_resnet("resnet18", weights, norm_layer)
-        # ResNet-18 up to layer3: 256 channels at stride 16 (DyRA's res4)
-        self.trunk = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3
-        )
+        norm = norm or ("frozen" if frozen_bn else "batch")
+        self.trunk_name, self.norm = trunk, norm
+        self.trunk, channels = build_trunk(trunk, norm, weights)
         if d_model % 4:
             raise ValueError(f"d_model must be a multiple of 4 (sine positions), got {d_model}")
-        self.input_proj = nn.Conv2d(256, d_model, kernel_size=1)
+        self.input_proj = nn.Conv2d(channels, d_model, kernel_size=1)
+        self.size_bins = int(size_bins)
+        self.size_head = nn.Conv2d(channels, size_bins, kernel_size=1) if size_bins else None
         self.position = PositionEmbeddingSine(d_model // 2)
         self.scale_token = nn.Parameter(torch.zeros(1, 1, d_model))
         nn.init.normal_(self.scale_token, std=0.02)
@@ -132,9 +137,12 @@ class ScalePredictor(nn.Module):
             thumbs: [B, 3, T, T]; mask: [B, T, T] bool, True = padding.
         Returns:
             dict with ``logit`` [B] (z), ``u`` [B] = sigmoid(z) and
-            ``phi`` [B] = tau_min + (tau_max - tau_min)·u.
+            ``phi`` [B] = tau_min + (tau_max - tau_min)·u; with a size head also
+            ``size_map`` [B, K, h, w] logits and ``size_map_valid`` [B, h, w] (True on cells
+            of the unpadded thumbnail).
         """
-        feats = self.input_proj(self.trunk(thumbs))  # [B, d, h, w]
+        trunk = self.trunk(thumbs)  # [B, C, h, w]
+        feats = self.input_proj(trunk)  # [B, d, h, w]
         b, _, h, w = feats.shape
         fmask = F.interpolate(mask[:, None].float(), size=(h, w))[:, 0].bool()  # [B, h, w]
         pos = self.position(fmask)  # [B, d, h, w], over the unpadded extent
@@ -146,7 +154,11 @@ class ScalePredictor(nn.Module):
         logit = self.head(memory[:, 0]).squeeze(-1).float()  # [B], float32 under autocast too
         u = torch.sigmoid(logit)
         phi = phi_from_u(u, self.tau_min, self.tau_max)
-        return {"logit": logit, "u": u, "phi": phi}
+        out = {"logit": logit, "u": u, "phi": phi}
+        if self.size_head is not None:
+            out["size_map"] = self.size_head(trunk).float()  # [B, K, h, w]
+            out["size_map_valid"] = ~fmask  # [B, h, w]
+        return out
 
     def forward(self, images: list[Tensor]) -> dict[str, Tensor]:
         """Predict a scale factor per image.
