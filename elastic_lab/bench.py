@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +29,21 @@ import numpy as np
 import torch
 
 from .analysis import compare_to_baseline, phi_object_size_table
+from .bench_report import write_report
+from .compare_hf import markdown_table, speed_comparison
+from .config import TrainConfig, smoke_config
 from .data.coco import CocoDetection
 from .evaluate import evaluate
+from .experiments import (
+    ExperimentRun,
+    comparison_runs,
+    ensure_synth,
+    first_images,
+    train_run,
+    trained_seconds,
+)
 from .models.build import load_model
-from .notebook_utils import SMOKE_MODEL_ARGS, ensure_synth, first_images, train_run
+from .models.detr import DetrOptions
 from .runtime import add_device_arguments, resolve_device, split_paths
 
 # the paper's goal (issue 5): >= 26 % fewer GFLOPs at the baseline's best AP, or +3.5 AP
@@ -42,18 +52,9 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass
-class RunSpec:
-    """One training run of the benchmark."""
-
-    name: str
-    mode: str                    # fixed | multiscale | elastic
-    role: str                    # baseline | elastic | ablation | sweep
-    extra: tuple[str, ...] = ()  # more `elastic-lab train` options
-    tau_max: float | None = None
-
-
-@dataclass
 class BenchOptions:
+    """Settings of the benchmark; every run trains the same budget with the same options."""
+
     data: str = "data/synth"
     out: str = "benchmarks"
     budget_steps: int = 300
@@ -67,7 +68,10 @@ class BenchOptions:
     split: str = "test"
     eval_images: int = 300
     latency_images: int = 20
-    train_args: tuple[str, ...] = ("--freeze-stem", "--lr-drop", "0.8", "--workers", "1")
+    freeze_stem: bool = True     # train options of every run (make bench's recipe)
+    lr_drop: float | None = 0.8
+    workers: int = 1
+    amp: bool = False
     synth_sizes: tuple[int, int, int] = (2000, 300, 300)
     compare_hf: str = "auto"     # auto | yes | no
     device: str = "auto"
@@ -77,46 +81,29 @@ class BenchOptions:
 
 
 def smoke_options(out: str) -> BenchOptions:
-    """Seconds, not minutes: a tiny detector, 2 steps per run, 4 test images."""
+    """Seconds, not minutes: the smoke detector (config.smoke_config), 2 steps per run, 4 test
+    images."""
     return BenchOptions(data=str(Path(out) / "synth"), out=out, budget_steps=2, batch_size=4,
                         base_size=64, scales=(0.75, 1.0), tau_max_sweep=(1.25,), eval_images=4,
-                        latency_images=1, train_args=tuple(SMOKE_MODEL_ARGS),
+                        latency_images=1, freeze_stem=False, lr_drop=None, workers=0,
                         synth_sizes=(8, 0, 4), smoke=True)
 
 
-def bench_runs(opts: BenchOptions) -> list[RunSpec]:
+def base_config(opts: BenchOptions) -> TrainConfig:
+    """The training config every run starts from (the default detector, or the smoke one)."""
+    config = smoke_config(opts.data, opts.out) if opts.smoke else TrainConfig(opts.data, opts.out)
+    config.model.base_size, config.model.tau_min = opts.base_size, opts.tau_min
+    config.model.tau_max = opts.tau_max
+    config.model.detr.freeze_stem = opts.freeze_stem
+    config.train.max_steps, config.train.batch_size = opts.budget_steps, opts.batch_size
+    config.train.seed, config.train.lr_drop = opts.seed, opts.lr_drop
+    config.device, config.amp, config.workers = opts.device, opts.amp, opts.workers
+    return config
+
+
+def bench_runs(opts: BenchOptions) -> list[ExperimentRun]:
     """The runs: both baselines, elastic, elastic without L_scale, and the tau_max sweep."""
-    runs = [RunSpec("fixed", "fixed", "baseline"),
-            RunSpec("multiscale", "multiscale", "baseline", tau_max=opts.tau_max),
-            RunSpec("elastic", "elastic", "elastic", tau_max=opts.tau_max),
-            RunSpec("elastic_no_scale_loss", "elastic", "ablation", ("--no-scale-loss",),
-                    tau_max=opts.tau_max)]
-    for t in opts.tau_max_sweep:
-        if abs(t - opts.tau_max) > 1e-9:
-            runs.append(RunSpec(f"elastic_tau_max_{t:g}", "elastic", "sweep", tau_max=t))
-    return runs
-
-
-def _train_argv(opts: BenchOptions, spec: RunSpec) -> list[str]:
-    argv = [*opts.train_args, "--batch-size", str(opts.batch_size), "--base-size",
-            str(opts.base_size), "--tau-min", str(opts.tau_min),
-            "--tau-max", str(spec.tau_max or opts.tau_max), *spec.extra]
-    return argv  # argparse keeps the last value: our batch and base size win over train_args
-
-
-def train_bench_run(opts: BenchOptions, spec: RunSpec) -> tuple[Path, float]:
-    """Train (or reuse) one run; returns (checkpoint, training seconds of the run that made it)."""
-    out = Path(opts.out) / "runs" / spec.name
-    timing, ckpt = out / "bench_train_seconds.json", out / "checkpoint.pt"
-    before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
-    t0 = time.perf_counter()
-    ckpt = train_run(opts.data, out, spec.mode, opts.budget_steps, _train_argv(opts, spec),
-                     device=opts.device, seed=opts.seed, reuse=opts.reuse)
-    seconds = time.perf_counter() - t0
-    if timing.is_file() and before is not None and ckpt.stat().st_mtime_ns == before:
-        return ckpt, json.loads(timing.read_text())["seconds"]  # reused: the original time
-    timing.write_text(json.dumps({"seconds": seconds}))
-    return ckpt, seconds
+    return comparison_runs(base_config(opts), Path(opts.out) / "runs", opts.tau_max_sweep)
 
 
 def _point(run: str, role: str, scale: float | None, m: dict) -> dict:
@@ -129,7 +116,7 @@ def _point(run: str, role: str, scale: float | None, m: dict) -> dict:
     return p
 
 
-def evaluate_run(opts: BenchOptions, spec: RunSpec, ckpt: Path, dataset_cache: dict
+def evaluate_run(opts: BenchOptions, spec: ExperimentRun, ckpt: Path, dataset_cache: dict
                  ) -> tuple[list[dict], dict | None]:
     """Points of one run on the report split; for elastic runs also the phi-vs-size table."""
     model, meta = load_model(ckpt, resolve_device(opts.device))
@@ -187,8 +174,6 @@ def speed_vs_hf(opts: BenchOptions) -> dict:
     if opts.compare_hf == "no":
         return {"skipped": "--compare-hf no"}
     try:
-        from .compare_hf import markdown_table, speed_comparison
-        from .models.detr import DetrOptions
         detr = DetrOptions(d_model=32, num_encoder_layers=1, num_decoder_layers=2) \
             if opts.smoke else DetrOptions()
         size = (opts.base_size, opts.base_size)
@@ -214,9 +199,12 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict:
         if progress:
             print(f"[bench {i + 1}/{len(specs)}] {spec.name}: train {opts.budget_steps} steps, "
                   f"evaluate on {opts.split}", flush=True)
-        ckpt, seconds = train_bench_run(opts, spec)
+        ckpt = train_run(spec.config, reuse=opts.reuse)
         points, table = evaluate_run(opts, spec, ckpt, cache)
-        runs[spec.name] = {**asdict(spec), "checkpoint": str(ckpt), "train_seconds": seconds,
+        runs[spec.name] = {"name": spec.name, "mode": spec.mode, "role": spec.role,
+                           "tau_max": spec.tau_max,
+                           "use_scale_loss": spec.config.loss_options().use_scale_loss,
+                           "checkpoint": str(ckpt), "train_seconds": trained_seconds(ckpt),
                            "points": points}
         if table is not None:
             tables[spec.name] = table
@@ -237,7 +225,6 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict:
         },
         "speed_vs_hf": speed_vs_hf(opts),
     }
-    from .bench_report import write_report
     write_report(results, out)
     return results
 
@@ -278,8 +265,7 @@ def run(args: argparse.Namespace) -> int:
             tau_max_sweep=tuple(args.tau_max_sweep), split=args.split,
             eval_images=args.eval_images, latency_images=args.latency_images)
     opts.compare_hf, opts.device, opts.reuse = args.compare_hf, args.device, not args.no_reuse
-    if args.amp:
-        opts.train_args = (*opts.train_args, "--amp")
+    opts.amp = args.amp
     results = run_bench(opts)
     print((Path(opts.out) / "results.md").read_text())
     c = results["comparisons"]["multiscale"]

@@ -76,6 +76,19 @@ def save_figures(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
     return status
 
 
+def _train_options(s: dict) -> str:
+    """The runs' shared training options, in words."""
+    if "train_args" in s:  # results.json of the first benchmark versions
+        return f"train options `{' '.join(s['train_args'])}`"
+    parts = ["the smoke detector" if s.get("smoke") else "the default detector"]
+    parts.append("frozen stem" if s["freeze_stem"] else "trainable stem")
+    if s["lr_drop"] is not None:
+        parts.append(f"lr /10 after {s['lr_drop']:g} of the steps")
+    parts += [f"{s['workers']} loader worker(s)", "bfloat16/float16 autocast" if s["amp"]
+              else "float32"]
+    return "train options: " + ", ".join(parts)
+
+
 def markdown(results: dict, png: dict[str, str] | None = None) -> str:
     """results.md: settings, every point, compute saved two ways, the seed experiments."""
     s = results["settings"]
@@ -83,7 +96,7 @@ def markdown(results: dict, png: dict[str, str] | None = None) -> str:
              (f"Synthetic set `{s['data']}`, report split **{s['split']}** ({s['eval_images']} "
              f"images at most; no setting was chosen on it). Every run: {s['budget_steps']} "
              f"steps x batch {s['batch_size']}, base size {s['base_size']}, seed {s['seed']}, "
-             f"train options `{' '.join(s['train_args'])}`; tau range "
+             f"{_train_options(s)}; tau range "
              f"[{s['tau_min']}, {s['tau_max']}]; {results['torch_threads']} torch threads; "
              f"latency = median of {s['latency_images']} images one by one."), "",
              "| run | phi | AP | AP50 | APs | APm | APl | GFLOPs/img | ms/img | train min |",

@@ -36,6 +36,11 @@ from .models.detr import DetrOptions
 from .models.elastic_detr import ElasticDETR
 from .resize import pad_batch, resize_image
 
+try:  # the optional [compare] extra
+    import transformers
+except ImportError:
+    transformers = None
+
 __all__ = ["build_hf_detr", "build_ours", "count_weights", "hf_inputs", "markdown_table",
            "speed_comparison"]
 
@@ -49,13 +54,11 @@ _NUM_STAGES = {"layer2": 2, "layer3": 3, "layer4": 4}  # torchvision layerN == H
 
 
 def _require_transformers():
-    """Import transformers or explain how to install it."""
-    try:
-        import transformers
-    except ImportError as exc:
+    """transformers, or an ImportError that says how to install it."""
+    if transformers is None:
         raise ImportError(
             "elastic_lab.compare_hf needs Hugging Face transformers: "
-            "pip install -e .[compare]  (or: pip install 'transformers>=4.40')") from exc
+            "pip install -e .[compare]  (or: pip install 'transformers>=4.40')")
     return transformers
 
 
@@ -68,8 +71,9 @@ def build_hf_detr(options: DetrOptions, num_classes: int) -> nn.Module:
     forward(pixel_values [B, 3, H, W] normalised, pixel_mask [B, H, W] 1=valid)
         -> .logits [B, Q, C+1], .pred_boxes [B, Q, 4], .encoder_last_hidden_state [B, N, d]
     """
-    _require_transformers()
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    hf = _require_transformers()
+    DetrConfig, DetrForObjectDetection, ResNetConfig = (
+        hf.DetrConfig, hf.DetrForObjectDetection, hf.ResNetConfig)
 
     if options.backbone not in _HF_RESNET:
         raise ValueError(f"no HF ResNet config for {options.backbone!r}; "

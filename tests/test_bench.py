@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from elastic_lab.bench import compare, lowest_scale_reaching
@@ -98,8 +99,19 @@ def test_bench_smoke_points_comparisons_and_report(smoke_bench):
     elastic = runs["elastic"]["points"][0]
     assert elastic["scale"] is None and elastic["predictor_gflops"] > 0
     assert elastic["gflops"] > elastic["predictor_gflops"]
-    c = results["comparisons"]["multiscale"]
-    assert c == compare(elastic, runs["multiscale"]["points"])
+    for name in ("multiscale", "fixed"):  # each comparison read off the points it compares
+        c, base = results["comparisons"][name], runs[name]["points"]
+        assert c["baseline_best_ap"] == max(p["AP"] for p in base)
+        reached = [p for p in base if p["AP"] >= elastic["AP"]]
+        if reached:
+            hit = min(reached, key=lambda p: p["scale"])
+            assert c["lowest_scale_reaching_elastic_ap"] == hit["scale"]
+            assert c["compute_saved"] == pytest.approx(1 - elastic["gflops"] / hit["gflops"])
+        else:
+            assert c["lowest_scale_reaching_elastic_ap"] is None and c["compute_saved"] is None
+        gflops, aps = zip(*sorted((p["gflops"], p["AP"]) for p in base))
+        assert c["ap_gain_at_equal_gflops"] == pytest.approx(
+            elastic["AP"] - np.interp(elastic["gflops"], gflops, np.maximum.accumulate(aps)))
     seed = results["seed_experiments"]
     assert set(seed["phi_vs_object_size"]) == {"elastic", "elastic_no_scale_loss",
                                                "elastic_tau_max_1.25"}

@@ -3,12 +3,11 @@
 Needs the ``compare`` extra (``make test`` installs it); skipped without transformers.
 """
 
-import sys
-
 import pytest
 import torch
 from torch import nn
 
+from elastic_lab import compare_hf
 from elastic_lab.compare_hf import (
     build_hf_detr,
     build_ours,
@@ -104,6 +103,6 @@ def test_threads_are_restored():
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
+    monkeypatch.setattr(compare_hf, "transformers", None)  # as when it is not installed
     with pytest.raises(ImportError, match=r"pip install -e \.\[compare\]"):
         build_hf_detr(DetrOptions(), C)
