@@ -42,16 +42,17 @@ RUN_STAMP = "experiment_run.json"  # in a run folder: the config and data it was
 
 # ----------------------------------------------------------------------------- data
 def ensure_synth(data_dir: str | os.PathLike, train: int, val: int, test: int = 0,
-                 seed: int = 0) -> Path:
+                 seed: int = 0, backgrounds: Sequence[str | os.PathLike] | None = None) -> Path:
     """The synthetic set at ``data_dir``, generating the splits whose annotation file is missing.
 
     Existing splits are kept whatever their size. Image i of a split depends only on (seed,
-    split, i), so a small set holds the first images of a larger one with the same seed.
+    split, i) and the background photographs (``backgrounds``: None for the shipped ones), so
+    a small set holds the first images of a larger one with the same seed.
     """
     data_dir = Path(data_dir)
     for split, n in (("train", train), ("val", val), ("test", test)):
         if n > 0 and not (data_dir / "annotations" / f"instances_{split}.json").is_file():
-            generate_split(data_dir, split, n, seed=seed)
+            generate_split(data_dir, split, n, seed=seed, backgrounds=backgrounds)
     return data_dir
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 from elastic_lab.data import synth
+from elastic_lab.data.synth import drawing
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -109,9 +113,10 @@ def test_ring_and_disc_differ_at_the_centre():
     """The fine detail is really drawn: a ring's centre shows the background, a disc's does not."""
     for name, hollow in (("ring", True), ("disc", False)):
         rng = np.random.default_rng(0)
-        _, body, _ = synth._shape_geometry(name, 40.0, 0.0, rng)
-        image = synth.Image.new("RGB", (60, 60), (0, 0, 0))
-        synth._paste_antialiased(image, (10, 10, 50, 50), (255, 255, 255), body(np.array([30.0, 30.0])))
+        _, body, _ = drawing._shape_geometry(name, 40.0, 0.0, rng)
+        image = Image.new("RGB", (60, 60), (0, 0, 0))
+        drawing._paste_antialiased(image, (10, 10, 50, 50), (255, 255, 255),
+                                   body(np.array([30.0, 30.0])))
         pixels = np.asarray(image)
         assert pixels[30, 12].min() > 200  # on the outline / body
         assert (pixels[30, 30].max() < 50) == hollow
@@ -135,18 +140,76 @@ def test_write_examples_is_deterministic(tmp_path):
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
 
 
-def test_without_gradio_falls_back_to_noise_with_a_warning(monkeypatch):
-    monkeypatch.setattr(synth, "_gradio_media", lambda: None)
-    synth.load_photos.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="without real photographs"):
-            assert synth.load_photos() == ()
-        image, _ = synth.render_scene(np.random.default_rng(1), "mixed")
-        assert image.mode == "RGB"
-    finally:
-        synth.load_photos.cache_clear()
-        monkeypatch.undo()
-    assert len(synth.load_photos()) == len(synth.PHOTO_NAMES)
+# the data set of `make data` (seed 0) and the shipped checkpoints: the first two images of each
+# split and their annotations, as generated before the photos were shipped with the package
+GOLDEN_PNG = {
+    "train/000000.png": "cdbef916f02b67239660e1cdb03163cec077cd5672c45f5c04f848974101bc67",
+    "train/000001.png": "d91df1793e73e307fa25e1dc2eeb4c06a93b7ad19183d818d58834d4de18761d",
+    "val/000000.png": "0cfb9413083d60fd78687dd1974b52540d7026f82fa3ec2e11ad929eca73743f",
+    "val/000001.png": "952ba2e63cec5e642d6861d3fa2f3e903023b6d083274e9ec66538cebbf132b4",
+    "test/000000.png": "ccbbbf7a7528590799b45f4a21ad155674632dd83b3c38e2fbb0098ef1eafb28",
+    "test/000001.png": "b13506d74addb30be8496c486bb0ca9916fc7b76ea5b41c45b31c4abdd8bfb56",
+}
+GOLDEN_JSON = {  # sha256 of the sorted-keys JSON of images, annotations, categories
+    "train": "5b679192ff985128d270e8adc61a23593bcfc7bb0f047d97acf1fab454f0cb91",
+    "val": "3afa4e18ce557cb21cd043cd4f65eff497425003e70b178cd55d422bad16c881",
+    "test": "b659acd05719811be4a1b67f3d6f0903ce507961829201dea6508df16f7c309d",
+}
+PHOTOS = resources.files("elastic_lab.data.synth") / "photos"
+
+
+def test_seed_0_gives_the_data_set_of_the_shipped_checkpoints(tmp_path):
+    synth.generate(tmp_path, train=2, val=2, test=2, seed=0, progress=False)
+    for name, digest in GOLDEN_PNG.items():
+        assert hashlib.sha256((tmp_path / "images" / name).read_bytes()).hexdigest() == digest
+    for split, digest in GOLDEN_JSON.items():
+        data = json.loads((tmp_path / "annotations" / f"instances_{split}.json").read_text())
+        body = {k: data[k] for k in ("images", "annotations", "categories")}
+        assert hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() == digest
+
+
+def test_the_shipped_photos_are_loaded_and_recorded(synth_dir):
+    photos = synth.load_photos()
+    assert len(photos) == len(synth.PHOTO_NAMES) == 4
+    assert all(p.dtype == np.uint8 and p.ndim == 3 and p.shape[2] == 3 for p in photos)
+    notice = (PHOTOS / "NOTICE").read_text()
+    assert "Apache" in notice and "gradio" in notice.lower()
+    expected = [{"name": n, "sha256": hashlib.sha256((PHOTOS / n).read_bytes()).hexdigest()}
+                for n in synth.PHOTO_NAMES]
+    assert synth.background_record() == expected
+    info = json.loads((synth_dir / "annotations" / "instances_train.json").read_text())["info"]
+    assert info["backgrounds"] == expected and info["seed"] == 0 and info["split"] == "train"
+    assert all(n in notice for n in synth.PHOTO_NAMES)
+
+
+def test_other_backgrounds_are_an_explicit_recorded_input(tmp_path):
+    """The caller's photographs, or none at all, change the scenes and are recorded."""
+    photo = tmp_path / "stripes.png"
+    stripes = np.zeros((120, 160, 3), np.uint8)
+    stripes[::8] = (250, 20, 20)
+    Image.fromarray(stripes).save(photo)
+    outs = {}
+    for name, backgrounds in (("default", None), ("custom", [photo]), ("none", [])):
+        outs[name] = tmp_path / name
+        synth.generate_split(outs[name], "train", 6, seed=2, progress=False,
+                             backgrounds=backgrounds)
+    info = {n: json.loads((o / "annotations" / "instances_train.json").read_text())["info"]
+            for n, o in outs.items()}
+    assert info["custom"]["backgrounds"] == [
+        {"name": "stripes.png", "sha256": hashlib.sha256(photo.read_bytes()).hexdigest()}]
+    assert info["none"]["backgrounds"] == []
+    images = {n: _files(o / "images") for n, o in outs.items()}
+    assert images["default"].keys() == images["custom"].keys() == images["none"].keys()
+    assert images["custom"] != images["default"] and images["none"] != images["default"]
+    again = tmp_path / "again"
+    synth.generate_split(again, "train", 6, seed=2, progress=False, backgrounds=[photo])
+    assert _files(again / "images") == images["custom"]  # deterministic in the files too
+    image, _ = synth.render_scene(np.random.default_rng(1), "mixed", photos=())
+    assert image.mode == "RGB"
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.txt"):
+        synth.load_photos([bad])
 
 
 def test_cli_arguments(tmp_path):
@@ -154,7 +217,12 @@ def test_cli_arguments(tmp_path):
     synth.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path), "--train", "2", "--val", "1", "--seed", "5",
                               "--category-ids", "3,7,11,20,21,40"])
+    assert args.backgrounds is None  # the shipped photos
     assert synth.run(args) == 0
     data = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())
     assert len(data["images"]) == 2 and data["categories"][0]["id"] == 3
     assert (tmp_path / "annotations" / "instances_val.json").is_file()
+    assert len(data["info"]["backgrounds"]) == 4
+    assert parser.parse_args(["--out", "x", "--backgrounds"]).backgrounds == []
+    assert parser.parse_args(["--out", "x", "--backgrounds", "a.jpg", "b.png"]).backgrounds == [
+        "a.jpg", "b.png"]
