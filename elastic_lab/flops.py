@@ -7,7 +7,8 @@ scaled-dot-product-attention kernels it knows. Bias additions, norms, softmax, a
 other elementwise ops are **not** counted; the analytic helpers below follow the same rule, so
 the two agree exactly.
 
-Pitfalls of ``FlopCounterMode`` (measured, see docs/environment.md) and how ``count_flops``
+Pitfalls of ``FlopCounterMode`` (found by measurement with torch 2.x; tests/test_flops.py and
+tests/test_scale_predictor.py check the counts against analytic ones) and how ``count_flops``
 avoids them:
 
 - eval + ``no_grad`` (or frozen parameters): ``nn.TransformerEncoderLayer`` /

@@ -1,7 +1,7 @@
 """Transformer with two-stage queries and iterative box refinement.
 
-Vanilla DETR learns almost nothing in 15 CPU-minutes (docs/environment.md). We adopt two
-published convergence aids: *two-stage queries* (Deformable DETR, Zhu et al. 2021): every encoder
+Vanilla DETR converges slowly (DETR trains for hundreds of COCO epochs); for budgets of CPU
+minutes we adopt two published convergence aids: *two-stage queries* (Deformable DETR, Zhu et al. 2021): every encoder
 token predicts a class and a box relative to its grid anchor, and the top-K tokens become the
 decoder's reference boxes; and *iterative box refinement*: each decoder layer predicts a delta on
 its reference box (in logit space), detached before the next layer. Attention is plain
