@@ -40,7 +40,9 @@ from elastic_lab.app.guard import RequestGuard, guarded_image_input, user_errors
 from elastic_lab.app.report import caveat_markdown, summary_markdown, sweep_chart
 from elastic_lab.app.service import (
     BUSY_AFTER_S,
+    LATENCY_PAIRS,
     DetectorService,
+    Scene,
     check_phi,
     generate_scene,
 )
@@ -148,7 +150,8 @@ def build_demo(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
     store = ResultStore(get_upload_folder(), keep_results)
     atexit.register(store.close)
 
-    def scene_of(state: dict | None, upload) -> object | None:
+    def scene_of(state: dict | None, upload) -> Scene | None:
+        """The generated scene behind ``upload`` when it is the picture /scene produced."""
         if state and upload is not None and upload.name == state.get("name"):
             return generate_scene(state["regime"], state["seed"])
         return None
@@ -250,7 +253,8 @@ def build_demo(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
                     phi = gr.Slider(first_model.tau_min, first_model.tau_max,
                                     value=min(max(1.0, first_model.tau_min), first_model.tau_max),
                                     step=0.01, label="Forced phi", scale=3)
-                measure = gr.Checkbox(False, label="Measure latency (5 paired runs; slower)")
+                measure = gr.Checkbox(False, label=f"Measure latency ({LATENCY_PAIRS} paired runs; "
+                                      "slower)")
                 button = gr.Button("Detect", variant="primary", elem_id="detect-btn")
             with gr.Column(scale=2, min_width=300):
                 caveat = gr.Markdown(elem_id="caveat")
@@ -267,7 +271,7 @@ def build_demo(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
                                label="Examples (click one, then Detect)", api_name="load_example")
         with gr.Accordion("How to read this page", open=False):
             gr.Markdown(EXPLANATION.format(
-                base_size=first_model.base_size, pairs=5, max_pixels=MAX_PIXELS // 1_000_000,
+                base_size=first_model.base_size, pairs=LATENCY_PAIRS, max_pixels=MAX_PIXELS // 1_000_000,
                 max_file_size=max_file_bytes // (1024 * 1024), min_side=MIN_SIDE,
                 budget=PIXEL_BUDGET // 1_000_000))
 

@@ -36,11 +36,12 @@ from ..models.elastic_detr import ElasticDETR
 from ..predict import match_ground_truth, paired_latency, predict_image, scale_sweep
 from ..resize import base_size_scale, processed_size
 
-__all__ = ["BUSY_AFTER_S", "MAX_PROCESSED_PIXELS", "SWEEP_POINTS", "BusyError", "DetectorService",
+__all__ = ["BUSY_AFTER_S", "LATENCY_PAIRS", "MAX_PROCESSED_PIXELS", "SWEEP_POINTS", "BusyError",
+           "DetectorService",
            "LoadedModel", "Scene", "check_phi", "check_processed_size", "generate_scene",
            "sweep_scales"]
 
-BUSY_AFTER_S = 15.0                # a model call waiting longer than this is refused as busy
+BUSY_AFTER_S = 10.0                # a model call waiting longer than this is refused as busy
 MAX_PROCESSED_PIXELS = 4_000_000   # the detector's input at tau_max (catches 1 x 5000 strips)
 SWEEP_POINTS = 9
 LATENCY_PAIRS = 5
