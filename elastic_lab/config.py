@@ -45,6 +45,12 @@ class TrainOptions:
     max_bad_steps: int = 5
     lambda_scale: float = 1.0        # weight of loss_scale
     lambda_dist: float = 1.0         # weight of loss_dist
+    lambda_size_map: float = 1.0     # weight of loss_size_map (predictors with a size head)
+    fixed_phi_steps: int = 0         # elastic: the detector sees phi = 1 for these first steps
+    pretrain_steps: int = 0          # elastic: predictor warm start (predictor_pretrain.py)
+    pretrain_batch_size: int = 16
+    pretrain_lr: float = 5e-4
+    probe_images: int = 64           # elastic: val images whose predictor fidelity is logged
 
 
 @dataclass

@@ -82,6 +82,8 @@ class StepPolicy:
     tau_max: float = 1.5
     random_phi: bool = False        # elastic warm-up: detector sees phi ~ U[tau_min, tau_max]
     explore_noise: float = 0.0      # elastic: std of Gaussian noise on u
+    fixed_phi: float = 1.0          # fixed mode: the scale every image is trained at
+    fixed_phi_steps: int = 0        # elastic: pools planned before this step use phi = 1
 
 
 @contextlib.contextmanager
@@ -136,14 +138,16 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
     n = len(images)
     orig = [tuple(im.shape[-2:]) for im in images]
     g = step_generator(seed, step)
-    if policy.mode == "elastic" and not policy.random_phi:
+    if policy.mode == "elastic" and step < policy.fixed_phi_steps:
+        phi = torch.ones(n)  # the detector first learns at phi = 1; the predictor learns anyway
+    elif policy.mode == "elastic" and not policy.random_phi:
         with frozen_bn_stats(model.predictor), torch.no_grad():
             u = model.predictor(images)["u"].float().cpu()
         if policy.explore_noise > 0:
             u = (u + policy.explore_noise * torch.randn(n, generator=g)).clamp(0, 1)
         phi = model.phi_from_u(u)
     elif policy.mode == "fixed":
-        phi = torch.ones(n)
+        phi = torch.full((n,), float(policy.fixed_phi))
     else:  # multiscale, or elastic warm-up: uniform draws
         phi = phi_from_u(torch.rand(n, generator=g), policy.tau_min, policy.tau_max)
     if policy.mode == "multiscale":  # one phi per batch (grouped by shape at phi = 1)
@@ -218,11 +222,15 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int | None, drop_at: fl
 
 
 def log_interval(log: MetricsLog, state: TrainState, model: ElasticDETR, criterion: SetCriterion,
-                 optimizer: torch.optim.Optimizer) -> dict | None:
-    """Write the metrics row of the steps since the last one (see run_log.MetricsLog)."""
+                 optimizer: torch.optim.Optimizer,
+                 probe: Callable[[], dict] | None = None) -> dict | None:
+    """Write the metrics row of the steps since the last one (see run_log.MetricsLog); ``probe``
+    adds its keys (e.g. the predictor's fidelity on fixed validation images)."""
     extra = {"step": state.step, "epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"]}
     if criterion.elastic is not None:
         extra.update(elastic_extra(model, criterion))
+    if probe is not None and log.enabled:
+        extra.update(probe())
     return log.flush(extra)
 
 
@@ -232,7 +240,8 @@ def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torc
                     opts: TrainOptions, policy: StepPolicy, log: MetricsLog,
                     save: Callable[[TrainState], None], device: torch.device, amp: bool = False,
                     scaler: torch.amp.GradScaler | None = None, deadline: float | None = None,
-                    ddp_model: nn.Module | None = None, rank: int = 0, world: int = 1) -> None:
+                    ddp_model: nn.Module | None = None, rank: int = 0, world: int = 1,
+                    probe: Callable[[], dict] | None = None) -> None:
     """Train the pools of ``state.epoch`` from ``state.next_pool`` on.
 
     ``loader`` yields pools (images [3, H, W] each, targets) starting at that pool; a pending
@@ -259,7 +268,7 @@ def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torc
             if state.step >= state.total_steps:
                 state.next_pool, state.pending_plan, state.done = pool_idx, plan[b:], True
                 if log.pending:
-                    log_interval(log, state, model, criterion, optimizer)
+                    log_interval(log, state, model, criterion, optimizer, probe)
                 save(state)
                 return
             mine = shard(list(range(len(positions))), rank, world)  # this rank's share
@@ -278,9 +287,9 @@ def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torc
             values, outputs = result
             log.add(len(positions), {**values, **batch_stats(outputs)})
             if state.step % opts.log_every == 0 or state.step >= state.total_steps:
-                log_interval(log, state, model, criterion, optimizer)
+                log_interval(log, state, model, criterion, optimizer, probe)
         state.next_pool = pool_idx + 1
         if state.next_pool % opts.checkpoint_every == 0:
             save(state)
     if log.pending and (state.epoch == opts.epochs - 1 or state.step >= state.total_steps):
-        log_interval(log, state, model, criterion, optimizer)  # the run ends with this epoch
+        log_interval(log, state, model, criterion, optimizer, probe)  # the run ends with this epoch

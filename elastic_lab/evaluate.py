@@ -8,19 +8,16 @@ the detector depends only on its input size) plus, for elastic models, the predi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from .analysis import median_object_sides, spearman
+from .ap_subsets import SubsetAP
 from .data.coco import CocoDetection, collate_fn
 from .data.image import image_tensor
 from .distributed import init_from_env
@@ -28,49 +25,38 @@ from .dota_eval import evaluate_detector_on_dota
 from .flops import FlopTable, measure_latency_ms
 from .models.build import load_model
 from .models.elastic_detr import ElasticDETR
+from .oracles import detect_at
 from .runtime import add_device_arguments, autocast_context, resolve_device, split_paths
-
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @torch.no_grad()
 def run_inference(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
                   scale: float | None = None, workers: int = 0, progress: bool = True
                   ) -> list[dict]:
-    """Detections for every image: {"image_id", "scores", "labels", "boxes" (xyxy px), "phi", "size"}."""
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn,
-                                         num_workers=workers)
-    results = []
-    for images, targets in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
-        images = [im.to(device) for im in images]
-        phi = torch.full((len(images),), float(scale)) if scale is not None else None
-        dets, out = model.detect(images, phi)
-        for t, d, p, s in zip(targets, dets, out["phi"].tolist(), out["image_sizes"].tolist()):
-            results.append({"image_id": int(t["image_id"]), **{k: v.cpu() for k, v in d.items()},
-                            "phi": p, "size": tuple(s),
-                            "orig_size": tuple(t["orig_size"].tolist())})
-    return results
+    """Detections for every image: {"image_id", "scores", "labels", "boxes" (xyxy px), "phi",
+    "size", "orig_size"}, in item order.
+
+    The scale of each image is ``scale``, else the model's own (predicted for elastic models,
+    its fixed φ otherwise). Images are batched by equal processed size only, so there is no
+    padding and the detections do not depend on ``batch_size`` (oracles.detect_at).
+    """
+    if scale is not None:
+        phi = [float(scale)] * len(dataset)
+    elif model.predictor is None:
+        phi = [model.fixed_phi] * len(dataset)
+    else:  # the predictor works per image (its thumbnails do not depend on the batch)
+        device = next(model.parameters()).device
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                             collate_fn=collate_fn, num_workers=workers)
+        phi = [p for images, _ in tqdm(loader, desc="scale", disable=not progress,
+                                       dynamic_ncols=True)
+               for p in model.predict_phi([im.to(device) for im in images]).tolist()]
+    return detect_at(model, dataset, phi, batch_size, progress)
 
 
 def coco_metrics(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     """COCOeval bbox AP, AP50, AP75, APs, APm, APl of detections in original pixels."""
-    dets = []
-    for r in results:
-        xywh = box_convert(r["boxes"], "xyxy", "xywh")
-        for box, score, label in zip(xywh.tolist(), r["scores"].tolist(), r["labels"].tolist()):
-            dets.append({"image_id": r["image_id"], "category_id":
-                         dataset.label_to_cat_id[label], "bbox": box, "score": score})
-    if not dets:
-        return {k: 0.0 for k in COCO_KEYS}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = dataset.coco.loadRes(dets)
-        ev = COCOeval(dataset.coco, coco_dt, "bbox")
-        ev.params.imgIds = [r["image_id"] for r in results]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {k: float(max(v, 0.0)) for k, v in zip(COCO_KEYS, ev.stats[:6])}
+    return SubsetAP(dataset, results).metrics(range(len(results)))
 
 
 def phi_vs_object_size(dataset: CocoDetection, results: list[dict]) -> dict:

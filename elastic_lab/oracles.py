@@ -26,7 +26,19 @@ from .analysis import base_object_sides, loss_optimum
 from .ap_subsets import SubsetAP
 from .flops import FlopTable
 
-__all__ = ["ap_optimal", "detect_at", "loss_optimal", "summarize_choice"]
+__all__ = ["ap_optimal", "detect_at", "image_sizes", "loss_optimal", "summarize_choice"]
+
+
+def image_sizes(dataset) -> list[tuple[int, int]]:
+    """(h, w) of every item, from the annotations of a CocoDetection (or a torch Subset of one)
+    without loading the images; other data sets are read item by item."""
+    base, index = dataset, list(range(len(dataset)))
+    if isinstance(dataset, torch.utils.data.Subset):
+        base, index = dataset.dataset, list(dataset.indices)
+    if hasattr(base, "coco") and hasattr(base, "ids"):
+        infos = [base.coco.imgs[base.ids[i]] for i in index]
+        return [(int(info["height"]), int(info["width"])) for info in infos]
+    return [tuple(int(v) for v in dataset[i][1]["orig_size"]) for i in range(len(dataset))]
 
 
 @torch.no_grad()
@@ -41,10 +53,7 @@ def detect_at(model, dataset, phi: Sequence[float], batch_size: int = 8,
     if len(phi) != len(dataset):
         raise ValueError(f"phi has {len(phi)} values for {len(dataset)} images")
     device = next(model.parameters()).device
-    orig = []
-    for i in range(len(dataset)):
-        info = dataset.coco.imgs[dataset.ids[i]]
-        orig.append((int(info["height"]), int(info["width"])))
+    orig = image_sizes(dataset)
     sizes = [model.sizes([hw], torch.tensor([float(p)]))[0] for hw, p in zip(orig, phi)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(sizes):

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .distributed import world_gather, world_mean
-from .distribution_loss import fit_beta_moments, target_beta
+from .distribution_loss import fit_beta_moments
 from .models.criterion import SetCriterion
 from .models.elastic_detr import ElasticDETR
 from .resize import padding_ratio
@@ -100,8 +100,9 @@ def elastic_extra(model: ElasticDETR, criterion: SetCriterion) -> dict:
              "boundary_large_px": opts.b_l * gamma}
     ema = criterion.bin_ema.value
     extra["bin_loc_loss"] = [float(v) for v in ema]
-    a, b = target_beta(ema, opts.concentration)
-    extra["target_alpha"], extra["target_beta"] = float(a), float(b)
+    target = criterion.distribution_target(model.tau_min, model.tau_max)
+    if target is not None:
+        extra["target_alpha"], extra["target_beta"] = float(target[0]), float(target[1])
     return extra
 
 

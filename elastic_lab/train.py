@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .analysis import predictor_fidelity
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, TrainOptions
 from .data.coco import CocoDetection, collate_fn
@@ -35,6 +36,8 @@ from .engine import StepPolicy, TrainState, lr_factor, train_one_epoch
 from .models.build import ModelOptions, build_model
 from .models.criterion import ElasticLossOptions, SetCriterion, build_criterion
 from .models.detr import DetrOptions
+from .models.predictor_trunk import NORMS, TRUNKS
+from .predictor_pretrain import PretrainOptions, pretrain_predictor
 from .run_log import MetricsLog, truncate_metrics
 from .runtime import add_device_arguments, resolve_device, split_paths
 
@@ -74,6 +77,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-layers", type=int, default=2)
     p.add_argument("--hidden-dim", type=int, default=128)
     p.add_argument("--thumb-size", type=int, default=64, help="predictor thumbnail long side")
+    p.add_argument("--predictor-trunk", choices=TRUNKS, default="resnet18",
+                   help="the scale predictor's trunk (to stride 16)")
+    p.add_argument("--predictor-norm", choices=NORMS, default="batch",
+                   help="normalisation in the predictor's trunk (group: the same in training "
+                        "and inference)")
+    p.add_argument("--predictor-size-bins", type=int, default=0,
+                   help="> 0: the predictor's dense size head (size map) with that many bins")
+    p.add_argument("--anchor-cells", type=float, default=None,
+                   help="side of the detector's grid anchors in feature cells (a pixel size); "
+                        "default: 0.1 of the image")
+    p.add_argument("--fixed-phi", type=float, default=1.0,
+                   help="fixed mode: train (and by default test) at this scale factor")
+    p.add_argument("--fixed-phi-steps", type=int, default=0,
+                   help="elastic: the detector sees phi = 1 for these first steps")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="elastic: steps of the predictor's warm start on its own losses")
+    p.add_argument("--pretrain-batch-size", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=5e-4)
+    p.add_argument("--probe-images", type=int, default=64,
+                   help="elastic: validation images whose predictor fidelity is logged")
     p.add_argument("--pool-batches", type=int, default=48,
                    help="batches loaded together and grouped by processed size")
     p.add_argument("--warmup-epochs", type=int, default=0,
@@ -83,7 +106,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability of flipping a training image horizontally (DETR: 0.5)")
     p.add_argument("--no-scale-loss", action="store_true", help="ablation: drop L_scale")
     p.add_argument("--no-distribution-loss", action="store_true", help="ablation: drop L_dist")
-    p.add_argument("--distribution-loss", choices=["beta-w1", "balance"], default="beta-w1")
+    p.add_argument("--distribution-loss", choices=["beta-w1", "budget", "balance"],
+                   default="beta-w1",
+                   help="beta-w1: the paper's target from the per-bin losses; budget: a target "
+                        "whose mean detector cost is --compute-budget (ours); balance: DyRA's")
+    p.add_argument("--compute-budget", type=float, default=0.8,
+                   help="budget: mean detector cost relative to phi = 1")
     p.add_argument("--boundary-small", type=float, default=None,
                    help="b_s in pixels at the processed size (default 32 * base-size / 800: "
                         "COCO's small/medium side at COCO's base size, scaled to ours)")
@@ -91,6 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="b_l in pixels (default 96 * base-size / 800)")
     p.add_argument("--lambda-scale", type=float, default=1.0, help="weight of L_scale")
     p.add_argument("--lambda-dist", type=float, default=1.0, help="weight of L_dist")
+    p.add_argument("--lambda-size-map", type=float, default=1.0, help="weight of the size map")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=1, help="pools between checkpoints")
     p.add_argument("--max-bad-steps", type=int, default=5)
@@ -105,20 +134,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     detr = DetrOptions(backbone=args.backbone, backbone_weights=args.backbone_weights,
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
                        num_decoder_layers=args.dec_layers, num_queries=args.num_queries,
-                       return_layer=args.return_layer, freeze_stem=args.freeze_stem)
+                       return_layer=args.return_layer, freeze_stem=args.freeze_stem,
+                       anchor_cells=args.anchor_cells)
     model = ModelOptions(mode=args.mode, base_size=args.base_size, max_size=args.max_size,
                          tau_min=args.tau_min, tau_max=args.tau_max, thumb_size=args.thumb_size,
-                         predictor_weights=args.backbone_weights, detr=detr)
+                         predictor_weights=args.backbone_weights,
+                         predictor_trunk=args.predictor_trunk, predictor_norm=args.predictor_norm,
+                         predictor_size_bins=args.predictor_size_bins, fixed_phi=args.fixed_phi,
+                         detr=detr)
     train_opts = TrainOptions(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         lr_backbone=args.lr_backbone, warmup_steps=args.warmup_steps, lr_drop=args.lr_drop,
         seed=args.seed, pool_batches=args.pool_batches, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, warmup_epochs=args.warmup_epochs,
         explore_noise=args.explore_noise, hflip=args.hflip, max_bad_steps=args.max_bad_steps,
-        lambda_scale=args.lambda_scale, lambda_dist=args.lambda_dist)
+        lambda_scale=args.lambda_scale, lambda_dist=args.lambda_dist,
+        lambda_size_map=args.lambda_size_map, fixed_phi_steps=args.fixed_phi_steps,
+        pretrain_steps=args.pretrain_steps, pretrain_batch_size=args.pretrain_batch_size,
+        pretrain_lr=args.pretrain_lr, probe_images=args.probe_images)
     loss = ElasticLossOptions.for_base_size(
         args.base_size, args.boundary_small, args.boundary_large,
-        distribution=args.distribution_loss, use_scale_loss=not args.no_scale_loss,
+        distribution=args.distribution_loss, compute_budget=args.compute_budget,
+        use_scale_loss=not args.no_scale_loss,
         use_distribution_loss=not args.no_distribution_loss)
     return TrainConfig(data=args.data, out=args.out, model=model, train=train_opts, loss=loss,
                        split=args.split, device=args.device, amp=args.amp, workers=args.workers,
@@ -183,7 +220,8 @@ def train(config: TrainConfig) -> Path:
     elastic = model_opts.mode == "elastic"
     criterion = build_criterion(len(dataset.categories), model_opts.detr.num_decoder_layers,
                                 loss_opts if elastic else None, opts.lambda_scale,
-                                opts.lambda_dist)
+                                opts.lambda_dist,
+                                opts.lambda_size_map if model_opts.predictor_size_bins else None)
     optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.lr_backbone or opts.lr),
                                   weight_decay=opts.weight_decay)
     opts.pool_batches = max(1, min(opts.pool_batches, len(dataset) // opts.batch_size))
@@ -216,6 +254,12 @@ def train(config: TrainConfig) -> Path:
                              scheduler=scheduler, criterion=criterion, model_opts=model_opts,
                              opts=opts, loss_opts=loss_opts, categories=dataset.categories,
                              enabled=rank == 0)
+    if elastic and ckpt is None and opts.pretrain_steps > 0:  # a fresh run: warm start first
+        pretrain_predictor(model, dataset, PretrainOptions(
+            steps=opts.pretrain_steps, batch_size=opts.pretrain_batch_size, lr=opts.pretrain_lr),
+            loss_opts, opts.seed, out_dir / "pretrain.jsonl" if rank == 0 else None,
+            progress=rank == 0)
+    probe = fidelity_probe(model, config, loss_opts, opts.probe_images, ckpt) if elastic else None
     deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else None
     log = MetricsLog(out_dir / "metrics.jsonl", rank == 0, total, state.step,
                      f"train {model_opts.mode}")
@@ -228,9 +272,11 @@ def train(config: TrainConfig) -> Path:
                                              collate_fn=collate_fn, num_workers=config.workers)
         policy = StepPolicy(model_opts.mode, model_opts.tau_min, model_opts.tau_max,
                             random_phi=elastic and state.epoch < opts.warmup_epochs,
-                            explore_noise=opts.explore_noise)
+                            explore_noise=opts.explore_noise, fixed_phi=model_opts.fixed_phi,
+                            fixed_phi_steps=opts.fixed_phi_steps)
         train_one_epoch(model, criterion, optimizer, scheduler, loader, state, opts, policy, log,
-                        save, device, config.amp, scaler, deadline, ddp_model, rank, world)
+                        save, device, config.amp, scaler, deadline, ddp_model, rank, world,
+                        probe)
         if not state.done:
             state.epoch, state.next_pool = state.epoch + 1, 0
             save(state)
@@ -239,6 +285,33 @@ def train(config: TrainConfig) -> Path:
     if world > 1:
         dist.barrier()
     return ckpt_path
+
+
+def fidelity_probe(model, config: TrainConfig, loss_opts: ElasticLossOptions, num_images: int,
+                   ckpt: dict | None):
+    """A callable giving the predictor's fidelity (analysis.predictor_fidelity) on the first
+    ``num_images`` validation images, or None when the data has no "val" split."""
+    try:
+        image_dir, ann_file = split_paths(config.data, "val")
+    except FileNotFoundError:
+        return None
+    if num_images <= 0 or not ann_file.exists():
+        return None
+    probe_set = CocoDetection(image_dir, ann_file, categories=ckpt["categories"] if ckpt else None)
+    indices = range(min(num_images, len(probe_set)))
+
+    def probe() -> dict:
+        was_training = model.training
+        model.eval()
+        f = predictor_fidelity(model, probe_set, asdict(loss_opts), indices=indices)
+        model.train(was_training)
+        row = {f"fidelity_{k}": f[k] for k in ("pearson_u", "mae_u", "sd_u", "mean_phi",
+                                               "mean_phi_star")}
+        row["fidelity_phi_by_regime"] = {r: [v["phi"], v["phi_star"]]
+                                         for r, v in f.get("by_regime", {}).items()}
+        return row
+
+    return probe
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pycocotools.cocoeval import COCOeval
 
 from elastic_lab.ap_subsets import SubsetAP, bootstrap_indices
 from elastic_lab.data.coco import CocoDetection
-from elastic_lab.evaluate import coco_metrics
-from elastic_lab.models.build import ModelOptions, build_model
+from elastic_lab.evaluate import evaluate
+from elastic_lab.models.build import ModelOptions, build_model, load_model
 from elastic_lab.oracles import ap_optimal, detect_at, loss_optimal
 from elastic_lab.scale_loss import scale_optimum
 from tests.test_model import TINY
 
+REPO = Path(__file__).resolve().parents[1]
 LOSS = {"b_s": 10.24, "b_l": 30.72, "k": 6.0, "empty_target": 0.0}
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco_metrics(dataset, results) -> dict[str, float]:
+    """The reference: pycocotools run directly on these images and detections."""
+    dets = [{"image_id": r["image_id"], "category_id": dataset.label_to_cat_id[int(lab)],
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)}
+            for r in results for b, s, lab in zip(r["boxes"].tolist(), r["scores"], r["labels"])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(dataset.coco, dataset.coco.loadRes(dets), "bbox")
+        ev.params.imgIds = [r["image_id"] for r in results]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(max(v, 0.0)) for k, v in zip(KEYS, ev.stats[:6])}
 
 
 def _dataset(synth_dir, split="val"):
@@ -153,3 +173,18 @@ def test_ap_optimal_gives_each_image_its_best_scale(synth_dir, tiny_model):
     np.testing.assert_allclose(per_scale[chosen, np.arange(len(ds))][has], best[has])
     assert all(p == 0.5 for p, h in zip(out["phi"], has) if not h)  # no objects: cheapest
     assert out["AP"] >= max(SubsetAP(ds, sweep[s]).ap(range(len(ds))) for s in scales) - 1e-9
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(synth_dir):
+    """Batches hold images of one processed size only: batch 1 and batch 8 give the same AP
+    (the shipped fixed checkpoint, so that the AP is far from 0)."""
+    model, ckpt = load_model(REPO / "checkpoints" / "fixed_synth.pt")
+    ds = CocoDetection(synth_dir / "images" / "val",
+                       synth_dir / "annotations" / "instances_val.json",
+                       categories=ckpt["categories"])
+    one = evaluate(model.float(), ds, batch_size=1, latency_images=0, progress=False)
+    eight = evaluate(model, ds, batch_size=8, latency_images=0, progress=False)
+    assert one["AP50"] > 0.1
+    for k in KEYS:
+        assert one[k] == pytest.approx(eight[k], abs=1e-4)
+    assert one["gflops_per_image"] == pytest.approx(eight["gflops_per_image"])

@@ -12,6 +12,11 @@ from .elastic_detr import ElasticDETR
 from .scale_predictor import ScalePredictor
 
 MODES = ("fixed", "multiscale", "elastic")
+# Options added after the first checkpoints were written: a checkpoint without them was trained
+# with these values, whatever today's defaults are.
+LEGACY_MODEL_OPTIONS = {"predictor_trunk": "resnet18", "predictor_norm": "batch",
+                        "predictor_size_bins": 0, "fixed_phi": 1.0}
+LEGACY_DETR_OPTIONS = {"anchor_cells": None}
 
 
 @dataclass
@@ -42,8 +47,8 @@ class ModelOptions:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model options {sorted(unknown)}")
-        d = dict(d)
-        detr = DetrOptions(**d.pop("detr", {}))
+        d = {**LEGACY_MODEL_OPTIONS, **d}
+        detr = DetrOptions(**{**LEGACY_DETR_OPTIONS, **d.pop("detr", {})})
         return cls(detr=detr, **d)
 
 

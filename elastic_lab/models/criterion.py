@@ -3,8 +3,9 @@
 Detection terms (Deformable-DETR flavour, a convergence aid on CPU): ``loss_ce`` sigmoid focal
 classification, ``loss_bbox`` L1 on normalised boxes, ``loss_giou``; repeated with suffix
 ``_{i}`` for decoder layer i and ``_enc`` for the first-stage proposals. Elastic terms (when the
-model outputs a "scale" entry): ``loss_scale`` (scale_loss.py) and ``loss_dist``
-(distribution_loss.py). :func:`build_criterion` sets ``criterion.weight_dict`` and the training
+model outputs a "scale" entry): ``loss_scale`` (scale_loss.py, sides at the predicted φ:
+predictor_criterion.py), ``loss_dist`` (distribution_loss.py) and, for predictors with a size
+head, ``loss_size_map`` (size_map.py). :func:`build_criterion` sets ``criterion.weight_dict`` and the training
 loop sums ``losses[k] * weight_dict[k]`` (engine.train_step).
 
 The distribution loss reads a per-size-bin EMA of the matched localization losses. A training
@@ -23,9 +24,17 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from ..distributed import all_sum, world_mean
-from ..distribution_loss import BinLossEMA, balance_loss, distribution_loss
-from ..scale_loss import object_sides, scale_loss, size_bins
+from ..distribution_loss import (
+    BinLossEMA,
+    balance_loss,
+    budget_target_beta,
+    distribution_loss,
+    target_beta,
+)
+from ..scale_loss import object_sides, size_bins
+from ..size_map import size_bin_edges
 from .matcher import HungarianMatcher
+from .predictor_criterion import predictor_losses
 
 Matches = list[tuple[Tensor, Tensor]]  # per image: (prediction indices [k], target indices [k])
 
@@ -40,7 +49,8 @@ class ElasticLossOptions:
     empty_target: float | None = 0.0    # target P_up for images without objects (None: skip)
     concentration: float = 8.0          # of the target Beta
     ema_momentum: float = 0.9
-    distribution: str = "beta-w1"       # "beta-w1" (ours) or "balance" (DyRA)
+    distribution: str = "beta-w1"       # "beta-w1" (paper), "budget" (ours) or "balance" (DyRA)
+    compute_budget: float = 0.8         # "budget": mean detector cost relative to phi = 1
     use_scale_loss: bool = True
     use_distribution_loss: bool = True
 
@@ -55,8 +65,10 @@ class ElasticLossOptions:
 
 
 def weight_dict(num_decoder_layers: int, elastic: bool, ce: float = 2.0, bbox: float = 5.0,
-                giou: float = 2.0, scale: float = 1.0, dist_w: float = 1.0) -> dict[str, float]:
-    """Loss weights for every named term the criterion returns."""
+                giou: float = 2.0, scale: float = 1.0, dist_w: float = 1.0,
+                size_map: float | None = None) -> dict[str, float]:
+    """Loss weights for every named term the criterion returns (``size_map``: the weight of
+    loss_size_map, for predictors with a size head; None: no such term)."""
     base = {"loss_ce": ce, "loss_bbox": bbox, "loss_giou": giou}
     weights = dict(base)
     for i in range(num_decoder_layers - 1):
@@ -64,6 +76,8 @@ def weight_dict(num_decoder_layers: int, elastic: bool, ce: float = 2.0, bbox: f
     weights.update({f"{k}_enc": v for k, v in base.items()})
     if elastic:
         weights.update({"loss_scale": scale, "loss_dist": dist_w})
+        if size_map is not None:
+            weights["loss_size_map"] = size_map
     return weights
 
 
@@ -161,35 +175,59 @@ class SetCriterion(nn.Module):
         if seen.any():
             self.bin_ema.update((sums[seen] / counts[seen]), torch.arange(3)[seen])
 
-    def elastic_losses(self, scale: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """loss_scale and loss_dist (docs/method.md §3-4) at the current bin EMA.
+    def distribution_target(self, tau_min: float, tau_max: float) -> tuple[float, float] | None:
+        """(α*, β*) of the distribution loss's target Beta now: from the per-bin loss EMA
+        ("beta-w1", the paper's) or from the compute budget ("budget"); None for "balance"."""
+        opt = self.elastic
+        if opt.distribution == "budget":
+            return budget_target_beta(opt.compute_budget, tau_min, tau_max, opt.concentration)
+        if opt.distribution == "beta-w1":
+            return target_beta(self.bin_ema.value, opt.concentration)
+        return None
 
-        scale: {"u": [B], "image_sizes": [B, 2] processed (h, w) pixels, "log_gamma": scalar}.
+    def elastic_losses(self, scale: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """loss_scale, loss_dist (docs/method.md §3-4) and loss_size_map at the current bin EMA.
+
+        scale: the model's "scale" output: "u" [B], "phi" [B] predicted, "log_gamma", the
+        resize settings, and "size_map"/"size_map_valid" for predictors with a size head.
+        Both L_scale and L_dist measure object sides at the size the predicted φ gives.
         """
         opt = self.elastic
         u, log_gamma = scale["u"], scale["log_gamma"]
-        sides = target_sides(targets, scale["image_sizes"])  # pixels at processed size
+        edges = None
+        if "size_map" in scale:
+            edges = size_bin_edges(scale["base_size"], scale["size_map"].shape[1])
+        terms, sides = predictor_losses(scale, targets, scale["base_size"], scale["max_size"],
+                                        log_gamma, opt.b_s, opt.b_l, opt.k, opt.empty_target,
+                                        edges)
         ema = self.bin_ema.value
         zero = u.sum() * 0.0 + log_gamma * 0.0
-        losses = {"loss_scale": zero, "loss_dist": zero}
-        if opt.use_scale_loss:
-            losses["loss_scale"] = scale_loss(u, sides, log_gamma, opt.b_s, opt.b_l, opt.k,
-                                              opt.empty_target)
+        losses = {"loss_scale": terms["loss_scale"] if opt.use_scale_loss else zero,
+                  "loss_dist": zero}
+        if "loss_size_map" in terms:
+            losses["loss_size_map"] = terms["loss_size_map"]
         if opt.use_distribution_loss:
             if opt.distribution == "balance":
                 losses["loss_dist"] = balance_loss(log_gamma, ema, opt.b_s, opt.b_l)
             else:
+                target = self.distribution_target(scale["tau_min"], scale["tau_max"])
                 losses["loss_dist"] = distribution_loss(sides, log_gamma, ema, opt.b_s, opt.b_l,
-                                                        opt.k, opt.concentration)
+                                                        opt.k, opt.concentration,
+                                                        target=target)
         return losses
 
 
 def build_criterion(num_classes: int, num_decoder_layers: int,
                     elastic: ElasticLossOptions | None = None, lambda_scale: float = 1.0,
-                    lambda_dist: float = 1.0) -> SetCriterion:
+                    lambda_dist: float = 1.0, lambda_size_map: float | None = None
+                    ) -> SetCriterion:
     """The criterion of a run: Hungarian matcher, the weight dict of every term it returns
     (detection terms of every decoder layer and the proposals; loss_scale weighted by
-    ``lambda_scale`` and loss_dist by ``lambda_dist`` when ``elastic`` options are given)."""
+    ``lambda_scale``, loss_dist by ``lambda_dist`` when ``elastic`` options are given, and
+    loss_size_map by ``lambda_size_map`` when that is given: predictors with a size head)."""
+    if elastic is not None and elastic.distribution not in ("beta-w1", "budget", "balance"):
+        raise ValueError(f"unknown distribution loss {elastic.distribution!r}: choose "
+                         "beta-w1, budget or balance")
     weights = weight_dict(num_decoder_layers, elastic is not None, scale=lambda_scale,
-                          dist_w=lambda_dist)
+                          dist_w=lambda_dist, size_map=lambda_size_map)
     return SetCriterion(num_classes, HungarianMatcher(), weights, elastic=elastic)

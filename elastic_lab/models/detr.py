@@ -31,11 +31,18 @@ class DetrOptions:
     dim_feedforward: int = 512
     num_queries: int = 30
     anchor_size: float = 0.1          # side of the grid anchors, fraction of the image
+    anchor_cells: float | None = None  # if set: anchor side in feature cells (pixels / stride)
     freeze_stem: bool = False         # freeze conv1 + layer1 (as DETR does)
 
 
-def grid_anchors(mask: Tensor, anchor_size: float) -> Tensor:
-    """One anchor per feature cell: its centre in the unpadded extent, side ``anchor_size``.
+def grid_anchors(mask: Tensor, anchor_size: float, anchor_cells: float | None = None) -> Tensor:
+    """One anchor per feature cell: its centre in the unpadded extent and its side.
+
+    The side is ``anchor_size`` of the image, or, with ``anchor_cells``, that many feature
+    cells (a fixed size in pixels, normalised by each image's own extent). Box sizes are
+    regressed relative to the anchor, so with image-relative anchors a detector trained at one
+    resolution predicts sizes in fractions of the canvas it was trained on and mis-sizes every
+    box at another φ; anchors of a fixed pixel size make the predicted sizes follow the pixels.
 
     mask: [B, H, W] True=padding -> anchors [B, H*W, 4] (cx, cy, w, h); padded cells get 0.5.
     """
@@ -47,8 +54,12 @@ def grid_anchors(mask: Tensor, anchor_size: float) -> Tensor:
     xs = torch.arange(W, device=mask.device, dtype=torch.float32)[None, None, :] + 0.5
     cx = (xs / w_valid).expand(B, H, W)
     cy = (ys / h_valid).expand(B, H, W)
-    wh = torch.full_like(cx, anchor_size)
-    anchors = torch.stack([cx, cy, wh, wh], dim=-1).clamp(0.01, 0.99)
+    if anchor_cells is None:
+        w = h = torch.full_like(cx, anchor_size)
+    else:  # the same pixel size in every image: a fraction of each image's own extent
+        w = (anchor_cells / w_valid).expand(B, H, W)
+        h = (anchor_cells / h_valid).expand(B, H, W)
+    anchors = torch.stack([cx, cy, w, h], dim=-1).clamp(0.01, 0.99)
     return anchors.masked_fill(mask[..., None], 0.5).flatten(1, 2)
 
 
@@ -63,12 +74,12 @@ class DETR(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, transformer: TwoStageTransformer, num_classes: int,
-                 anchor_size: float = 0.1):
+                 anchor_size: float = 0.1, anchor_cells: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.transformer = transformer
         self.num_classes = num_classes
-        self.anchor_size = anchor_size
+        self.anchor_size, self.anchor_cells = anchor_size, anchor_cells
         d = transformer.d_model
         self.input_proj = nn.Conv2d(backbone.num_channels, d, 1)
         self.position = PositionEmbeddingSine(d // 2)
@@ -81,7 +92,7 @@ class DETR(nn.Module):
         feats, fmask = self.backbone(images, mask)
         src = self.input_proj(feats)                              # [B, d, h, w]
         pos = self.position(fmask)                                # [B, d, h, w]
-        anchors = grid_anchors(fmask, self.anchor_size)           # [B, h*w, 4]
+        anchors = grid_anchors(fmask, self.anchor_size, self.anchor_cells)  # [B, h*w, 4]
         out = self.transformer(src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2),
                                fmask.flatten(1), anchors)
         logits, boxes = out["logits"], out["boxes"]               # [L, B, K, *]
@@ -100,7 +111,8 @@ def build_detr(options: DetrOptions, num_classes: int) -> DETR:
     transformer = TwoStageTransformer(
         num_classes, options.d_model, options.nhead, options.num_encoder_layers,
         options.num_decoder_layers, options.dim_feedforward, options.num_queries)
-    return DETR(backbone, transformer, num_classes, options.anchor_size)
+    return DETR(backbone, transformer, num_classes, options.anchor_size,
+                options.anchor_cells)
 
 
 @torch.no_grad()

@@ -22,7 +22,9 @@ class ElasticDETR(nn.Module):
     forward(images: list of [3, Hi, Wi] in [0, 1] at original size, phi: [B] or None)
         -> detector outputs (see DETR) plus
            "phi": [B] scale factors used, "image_sizes": [B, 2] processed (h, w),
-           "scale": {"u": [B], "image_sizes", "log_gamma"} when a predictor exists.
+           "scale": the predictor's outputs ("u", "phi" [B] predicted, optional "size_map")
+                    plus "image_sizes", "log_gamma" and the resize settings (base_size,
+                    max_size, tau_min, tau_max), when a predictor exists.
     """
 
     def __init__(self, detector: DETR, predictor: ScalePredictor | None, base_size: int,
@@ -72,8 +74,9 @@ class ElasticDETR(nn.Module):
         out["phi"] = phi
         out["image_sizes"] = image_sizes
         if scale is not None:
-            out["scale"] = {"u": scale["u"], "image_sizes": image_sizes,
-                            "log_gamma": self.log_gamma}
+            out["scale"] = {**scale, "image_sizes": image_sizes, "log_gamma": self.log_gamma,
+                            "base_size": self.base_size, "max_size": self.max_size,
+                            "tau_min": self.tau_min, "tau_max": self.tau_max}
         return out
 
     @torch.no_grad()
