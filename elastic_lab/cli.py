@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("elastic_lab.predict", "detect objects in images"),
     "overview": ("elastic_lab.overview", "draw predictions on a few images side by side (PNG)"),
     "bench": ("elastic_lab.bench", "fixed vs multiscale vs elastic at the same budget"),
+    "predictor-study": ("elastic_lab.predictor_study",
+                        "how fast each scale-predictor design learns its targets"),
     "export": ("elastic_lab.export", "write a small inference checkpoint"),
     "dota-split": ("elastic_lab.data.dota_split", "split DOTA images into COCO-format patches"),
     "synth-aerial": ("elastic_lab.data.synth_aerial", "generate a DOTA-format aerial set"),

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .analysis import median_object_sides, spearman
+from .analysis import median_object_sides, predictor_fidelity, spearman
 from .ap_subsets import SubsetAP
 from .data.coco import CocoDetection, collate_fn
 from .data.image import image_tensor
@@ -83,9 +83,13 @@ def phi_by_regime(dataset: CocoDetection, results: list[dict]) -> dict[str, floa
 
 
 def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
-             scale: float | None = None, latency_images: int = 20, progress: bool = True
-             ) -> dict:
-    """AP metrics + gflops_per_image + latency_ms + mean_scale (+ elastic statistics)."""
+             scale: float | None = None, latency_images: int = 20, progress: bool = True,
+             loss_options: dict | None = None) -> dict:
+    """AP metrics + gflops_per_image + latency_ms + mean_scale (+ elastic statistics).
+
+    With ``loss_options`` (a checkpoint's "loss_options"), elastic models also report
+    "predictor_fidelity": the predicted u against the scale loss's optimum u* on these images
+    (analysis.predictor_fidelity, per-image columns left out)."""
     model.eval()
     if dist.is_available() and dist.is_initialized():  # torchrun: shard, gather on every rank
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -121,6 +125,10 @@ def evaluate(model: ElasticDETR, dataset: CocoDetection, batch_size: int = 8,
     if metrics["mode"] == "elastic":
         metrics.update(phi_vs_object_size(dataset, results))
         metrics["phi_by_regime"] = phi_by_regime(dataset, results)
+        if loss_options is not None:
+            f = predictor_fidelity(model, dataset, loss_options, batch_size)
+            metrics["predictor_fidelity"] = {k: v for k, v in f.items()
+                                             if k not in ("u", "u_star")}
     hist, edges = np.histogram(phis, bins=10, range=(model.tau_min, model.tau_max))
     metrics["phi_histogram"] = {"counts": hist.tolist(), "edges": edges.tolist()}
     n = min(latency_images, len(dataset))
@@ -187,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     image_dir, ann = split_paths(args.data, args.split)
     dataset = CocoDetection(image_dir, ann, categories=ckpt["categories"])
     with amp:
-        metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images)
+        metrics = evaluate(model, dataset, args.batch_size, args.scale, args.latency_images,
+                           loss_options=ckpt.get("loss_options"))
     if dist.is_initialized():
         rank = dist.get_rank()
         dist.destroy_process_group()

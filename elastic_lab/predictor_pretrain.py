@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def random_zoom(image: Tensor, target: dict, g: torch.Generator, crop_prob: floa
 
 
 def pretrain_predictor(model, dataset, opts: PretrainOptions, loss_opts, seed: int = 0,
-                       log_path: str | Path | None = None, progress: bool = True) -> list[dict]:
+                       log_path: str | Path | None = None, progress: bool = True,
+                       on_log: Callable[[int], dict] | None = None) -> list[dict]:
     """Train ``model.predictor`` alone on loss_scale (+ loss_size_map) for ``opts.steps``.
 
     Args:
@@ -85,6 +87,8 @@ def pretrain_predictor(model, dataset, opts: PretrainOptions, loss_opts, seed: i
         dataset: the training CocoDetection.
         loss_opts: the run's ElasticLossOptions (b_s, b_l, k, empty_target).
         log_path: append one JSON row per ``opts.log_every`` steps there ("phase": "pretrain").
+        on_log: called with the step at every logged row; its keys are added to the row (e.g.
+            the predictor's fidelity on held-out images). The predictor is in eval mode then.
     Returns the logged rows.
     """
     predictor = model.predictor
@@ -123,6 +127,10 @@ def pretrain_predictor(model, dataset, opts: PretrainOptions, loss_opts, seed: i
             row = {"phase": "pretrain", "step": step,
                    **{k: sum(r[k] for r in window) / len(window) for k in window[0]},
                    "lr": optimizer.param_groups[0]["lr"]}
+            if on_log is not None:
+                predictor.eval()
+                row.update(on_log(step))
+                predictor.train()
             rows.append(row)
             window = []
             if log_path is not None:

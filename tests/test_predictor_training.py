@@ -8,10 +8,10 @@ import torch
 from scipy import stats
 
 from elastic_lab.analysis import predictor_fidelity
-from elastic_lab.data.coco import CocoDetection
+from elastic_lab.data.coco import CocoDetection, collate_fn
 from elastic_lab.distribution_loss import budget_target_beta
 from elastic_lab.models.build import ModelOptions, build_model
-from elastic_lab.models.criterion import ElasticLossOptions
+from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from elastic_lab.models.predictor_criterion import predictor_losses, sides_at_phi
 from elastic_lab.models.scale_predictor import ScalePredictor
 from elastic_lab.predictor_pretrain import PretrainOptions, pretrain_predictor, random_zoom
@@ -111,3 +111,39 @@ def test_warm_start_learns_the_scale_loss_optimum(synth_dir):
     assert rows[-1]["loss_scale"] < rows[0]["loss_scale"]
     assert after["pearson_u"] >= 0.8 > before["pearson_u"]
     assert after["mae_u"] < before["mae_u"]
+
+
+def test_on_the_full_model_loss_scale_reaches_only_the_predictor_and_loss_dist_only_gamma(
+        synth_dir):
+    """Backpropagate each elastic term alone through a full elastic model and criterion."""
+    torch.manual_seed(0)
+    ds = CocoDetection(synth_dir / "images" / "train",
+                       synth_dir / "annotations" / "instances_train.json")
+    opts = ModelOptions(mode="elastic", base_size=64, thumb_size=64, detr=TINY,
+                        predictor_trunk="mobilenet_v3_small", predictor_norm="group",
+                        predictor_size_bins=6)
+    model = build_model(opts, ds.num_classes).train()
+    crit = build_criterion(ds.num_classes, TINY.num_decoder_layers,
+                           ElasticLossOptions.for_base_size(64, distribution="budget"),
+                           lambda_size_map=1.0)
+    images, targets = collate_fn([ds[i] for i in range(6)])
+    out = model(images)
+    losses = crit(out, targets)
+    assert {"loss_scale", "loss_dist", "loss_size_map"} <= set(losses)
+
+    def grads(name: str) -> dict[str, float]:
+        model.zero_grad(set_to_none=True)
+        losses[name].backward(retain_graph=True)
+        return {n: float(p.grad.abs().sum()) for n, p in model.named_parameters()
+                if p.grad is not None and float(p.grad.abs().sum()) > 0}
+
+    scale = grads("loss_scale")
+    assert scale and all(n.startswith("predictor.") for n in scale)
+    assert not any(n.startswith("predictor.size_head") for n in scale)
+    assert grads("loss_dist").keys() == {"log_gamma"}
+    size_map = grads("loss_size_map")
+    assert any(n.startswith("predictor.size_head") for n in size_map)
+    assert all(n.startswith("predictor.") for n in size_map)
+    detection = grads("loss_ce")
+    assert detection and not any(n.startswith("predictor.") or n == "log_gamma"
+                                 for n in detection)

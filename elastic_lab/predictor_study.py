@@ -1,0 +1,131 @@
+"""``elastic-lab predictor-study``: how fast each scale-predictor design learns its targets.
+
+The scale loss needs no detector, so every design can be trained on its own (the warm start of
+predictor_pretrain.py) and measured the way that matters: on held-out images, the correlation
+and mean absolute difference between the predicted u and the scale loss's optimum u*
+(analysis.predictor_fidelity), every ``--eval-every`` steps. One JSON file per design is
+written to ``OUT/predictor_<name>.json`` (the learning curve, the predictor's GFLOPs and its
+share of the detector's); a finished design is not trained again.
+
+The designs (:data:`VARIANTS`) separate the choices made for the default predictor: trunk and
+thumbnail size (ResNet-18 on 64 px, the paper's and DyRA's trunk, vs MobileNetV3-Large on
+160 px), normalisation (batch statistics vs group norm), the dense size map, and zoom-in crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .analysis import predictor_fidelity
+from .data.coco import CocoDetection
+from .experiments import first_images
+from .flops import FlopTable
+from .models.build import ModelOptions, build_model
+from .models.criterion import ElasticLossOptions
+from .oracles import image_sizes
+from .predictor_pretrain import PretrainOptions, pretrain_predictor
+from .runtime import split_paths
+
+__all__ = ["VARIANTS", "PredictorVariant", "run_variant"]
+
+
+@dataclass(frozen=True)
+class PredictorVariant:
+    """One predictor design of the study."""
+
+    name: str
+    trunk: str
+    norm: str
+    thumb_size: int
+    size_bins: int
+    crop_prob: float
+
+
+VARIANTS: tuple[PredictorVariant, ...] = (
+    PredictorVariant("resnet18-batch-64", "resnet18", "batch", 64, 0, 0.0),  # the first design
+    PredictorVariant("resnet18-batch-64-sizemap-crop", "resnet18", "batch", 64, 10, 0.5),
+    PredictorVariant("mnv3l-group-160-crop", "mobilenet_v3_large", "group", 160, 0, 0.5),
+    PredictorVariant("mnv3l-batch-160-sizemap-crop", "mobilenet_v3_large", "batch", 160, 10, 0.5),
+    PredictorVariant("mnv3l-group-160-sizemap-crop", "mobilenet_v3_large", "group", 160, 10, 0.5),
+)
+
+
+def run_variant(variant: PredictorVariant, data: str | Path, eval_split: str, out: Path,
+                steps: int, eval_every: int, eval_images: int | None = None,
+                base_size: int = 256, seed: int = 0, progress: bool = True) -> dict:
+    """Train ``variant`` alone on the train split; its fidelity curve on ``eval_split``."""
+    train_set = CocoDetection(*split_paths(data, "train"))
+    eval_set = first_images(CocoDetection(*split_paths(data, eval_split),
+                                          categories=train_set.categories), eval_images)
+    torch.manual_seed(seed)
+    opts = ModelOptions(mode="elastic", base_size=base_size, thumb_size=variant.thumb_size,
+                        predictor_trunk=variant.trunk, predictor_norm=variant.norm,
+                        predictor_size_bins=variant.size_bins)
+    model = build_model(opts, len(train_set.categories))
+    loss = ElasticLossOptions.for_base_size(base_size)
+    flops = FlopTable(model)  # mean GFLOPs over the eval images (memoised per size)
+    sizes = image_sizes(eval_set)
+    detector_gflops = sum(flops.detector(*model.sizes([hw], torch.ones(1))[0])
+                          for hw in sizes) / len(sizes)
+    predictor_gflops = sum(flops.predictor(*hw) for hw in sizes) / len(sizes)
+    start = time.perf_counter()
+
+    def fidelity(step: int) -> dict:
+        f = predictor_fidelity(model, eval_set, vars(loss))
+        return {"seconds": round(time.perf_counter() - start, 1),
+                **{k: v for k, v in f.items() if k not in ("u", "u_star")}}
+
+    rows = pretrain_predictor(model, train_set, PretrainOptions(
+        steps=steps, crop_prob=variant.crop_prob, log_every=eval_every), loss, seed,
+        progress=progress, on_log=fidelity)
+    result = {"variant": asdict(variant), "steps": steps, "seed": seed, "base_size": base_size,
+              "eval_split": eval_split, "eval_images": len(eval_set),
+              "predictor_gflops": predictor_gflops, "detector_gflops": detector_gflops,
+              "predictor_share": predictor_gflops / detector_gflops,
+              "machine": platform.processor() or platform.machine(),
+              "torch_threads": torch.get_num_threads(), "curve": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"predictor_{variant.name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="COCO-format folder with train and eval splits")
+    p.add_argument("--eval-split", default="test", help="held-out split the fidelity is read on")
+    p.add_argument("--out", default="benchmarks/predictor")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-images", type=int, default=None, help="default: the whole split")
+    p.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
+                   help="comma-separated names (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="train finished designs again")
+
+
+def run(args: argparse.Namespace) -> int:
+    known = {v.name: v for v in VARIANTS}
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown predictor variants {unknown}; known: {sorted(known)}")
+    out = Path(args.out)
+    for name in names:
+        if (out / f"predictor_{name}.json").exists() and not args.force:
+            print(f"{name}: done (OUT/predictor_{name}.json)")
+            continue
+        r = run_variant(known[name], args.data, args.eval_split, out, args.steps,
+                        args.eval_every, args.eval_images, seed=args.seed)
+        last = r["curve"][-1]
+        print(f"{name}: pearson {last['pearson_u']:.3f}, MAE {last['mae_u']:.3f} after "
+              f"{r['steps']} steps; predictor {100 * r['predictor_share']:.1f} % of the detector")
+    return 0
