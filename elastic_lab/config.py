@@ -75,6 +75,7 @@ class TrainConfig:
     workers: int = 2                 # data-loader worker processes
     resume: bool = False             # continue from out/checkpoint.pt
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
+    warm_start_cache: str | None = None  # folder where predictor warm starts are kept and reused
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)

@@ -124,6 +124,15 @@ def hflip_pool(images: list[Tensor], targets: list[dict], prob: float, seed: int
     return out_images, out_targets
 
 
+def scale_sample(num_images: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Pool positions of the images the predictor learns from at ``step``: a random sample of
+    the pool (a function of seed and step), because the detector's batches hold images of
+    similar size, and a batch of similar images gives the predictor (and the distribution
+    loss, which compares a batch's distribution of scales with a target) a one-sided signal."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 3)
+    return torch.randperm(num_images, generator=g)[:batch_size].tolist()
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator that depends only on (seed, global step): exact resume needs no RNG state."""
     return torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)
@@ -160,20 +169,23 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
 
 def train_step(model: nn.Module, criterion: SetCriterion, optimizer: torch.optim.Optimizer,
                images: list[Tensor], targets: list[dict], phi: Tensor | None, clip_norm: float,
-               scaler=None, autocast=None) -> tuple[dict[str, float], dict] | None:
+               scaler=None, autocast=None, scale_images: list[Tensor] | None = None,
+               scale_targets: list[dict] | None = None) -> tuple[dict[str, float], dict] | None:
     """One optimisation step; returns (loss values, outputs) or None when the loss is not finite.
 
     The loss is Σ_k losses[k]·criterion.weight_dict[k]. In elastic mode this step's matches are
     folded into the per-bin loss EMA first (criterion.update_bin_ema), so that the distribution
-    loss of the step reads an EMA that includes them.
+    loss of the step reads an EMA that includes them. With ``scale_images`` the predictor's
+    losses (L_scale, L_dist, size map) are computed on those images and ``scale_targets``.
     """
     autocast = autocast or contextlib.nullcontext()
     with autocast:
-        outputs = model(images, phi)
+        outputs = (model(images, phi) if scale_images is None
+                   else model(images, phi, scale_images=scale_images))
         indices = criterion.matcher(outputs, targets)
         if criterion.bin_ema is not None and "scale" in outputs:
             criterion.update_bin_ema(outputs, targets, indices)
-        losses = criterion(outputs, targets, indices)
+        losses = criterion(outputs, targets, indices, scale_targets)
     weights = criterion.weight_dict
     total = sum(losses[k].float() * weights[k] for k in losses if k in weights)
     if not all_finite(total):
@@ -272,11 +284,17 @@ def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torc
                 save(state)
                 return
             mine = shard(list(range(len(positions))), rank, world)  # this rank's share
+            scale_images = scale_targets = None
+            if policy.mode == "elastic":  # the predictor learns from a random sample
+                sample = shard(scale_sample(len(images), len(positions), opts.seed, state.step),
+                               rank, world)
+                scale_images = [images[i] for i in sample]
+                scale_targets = [targets[i] for i in sample]
             result = train_step(train_model, criterion, optimizer,
                                 [images[positions[i]] for i in mine],
                                 [targets[positions[i]] for i in mine],
                                 None if phi is None else phi[mine], opts.clip_norm, scaler,
-                                autocast_context(device, amp))
+                                autocast_context(device, amp), scale_images, scale_targets)
             state.bad_steps = check_finite(result, state.bad_steps, opts.max_bad_steps,
                                            state.step)
             scheduler.step()

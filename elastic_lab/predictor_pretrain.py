@@ -14,8 +14,10 @@ when at least half of each box stays visible. Deterministic in the seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,12 @@ from torch import Tensor
 from torchvision.ops import box_area, box_convert
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .models.predictor_criterion import predictor_losses
 from .size_map import size_bin_edges
 
-__all__ = ["PretrainOptions", "pretrain_predictor", "random_zoom"]
+__all__ = ["PretrainOptions", "cached_warm_start", "pretrain_predictor", "random_zoom",
+           "warm_start_key"]
 
 
 @dataclass
@@ -137,3 +141,45 @@ def pretrain_predictor(model, dataset, opts: PretrainOptions, loss_opts, seed: i
                 with open(log_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
     return rows
+
+
+def warm_start_key(model_options: dict, loss_options: dict, opts: PretrainOptions, seed: int,
+                   ann_file: str | Path) -> str:
+    """A name for a warm start: everything it depends on (the predictor and resize options, the
+    scale-loss options, the warm-start options, the seed, the training annotations' path, size
+    and modification time), hashed."""
+    ann = Path(ann_file).resolve()
+    keep = ("base_size", "max_size", "tau_min", "tau_max", "thumb_size", "predictor_d_model",
+            "predictor_layers", "predictor_weights", "predictor_trunk", "predictor_norm",
+            "predictor_size_bins")
+    stat = ann.stat()
+    key = {"model": {k: model_options[k] for k in keep},
+           "loss": {k: loss_options[k] for k in ("b_s", "b_l", "k", "empty_target")},
+           "warm_start": {k: v for k, v in vars(opts).items() if k != "log_every"},
+           "seed": seed, "data": [str(ann), stat.st_size, stat.st_mtime_ns]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_warm_start(model, dataset, opts: PretrainOptions, loss_opts, seed: int, key: str,
+                      cache: str | Path | None, log_path: str | Path | None = None,
+                      progress: bool = True) -> bool:
+    """:func:`pretrain_predictor`, or load the warm start of the same ``key`` from ``cache``.
+
+    Runs that share everything the warm start depends on (e.g. the ablations of a benchmark)
+    train it once. The predictor's weights go to ``cache/KEY.pt`` and the log rows to
+    ``cache/KEY.jsonl`` (copied to ``log_path``). Returns True when the cache was used.
+    """
+    if cache is not None:
+        weights, rows = Path(cache) / f"{key}.pt", Path(cache) / f"{key}.jsonl"
+        if weights.is_file():
+            model.predictor.load_state_dict(load_checkpoint(weights)["model"])
+            if log_path is not None and rows.is_file():
+                shutil.copyfile(rows, log_path)
+            return True
+    pretrain_predictor(model, dataset, opts, loss_opts, seed, log_path, progress)
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        save_checkpoint(weights, {"model": model.predictor.state_dict(), "key": key})
+        if log_path is not None and Path(log_path).is_file():
+            shutil.copyfile(log_path, rows)
+    return False

@@ -37,7 +37,7 @@ from .models.build import ModelOptions, build_model
 from .models.criterion import ElasticLossOptions, SetCriterion, build_criterion
 from .models.detr import DetrOptions
 from .models.predictor_trunk import NORMS, TRUNKS
-from .predictor_pretrain import PretrainOptions, pretrain_predictor
+from .predictor_pretrain import PretrainOptions, cached_warm_start, warm_start_key
 from .run_log import MetricsLog, truncate_metrics
 from .runtime import add_device_arguments, resolve_device, split_paths
 
@@ -95,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="elastic: steps of the predictor's warm start on its own losses")
     p.add_argument("--pretrain-batch-size", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=5e-4)
+    p.add_argument("--warm-start-cache", default=None,
+                   help="folder where predictor warm starts are kept; runs with the same "
+                        "predictor, loss, warm-start options, seed and data reuse them")
     p.add_argument("--probe-images", type=int, default=64,
                    help="elastic: validation images whose predictor fidelity is logged")
     p.add_argument("--pool-batches", type=int, default=48,
@@ -159,7 +162,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         use_distribution_loss=not args.no_distribution_loss)
     return TrainConfig(data=args.data, out=args.out, model=model, train=train_opts, loss=loss,
                        split=args.split, device=args.device, amp=args.amp, workers=args.workers,
-                       resume=args.resume, max_minutes=args.max_minutes)
+                       resume=args.resume, max_minutes=args.max_minutes,
+                       warm_start_cache=args.warm_start_cache)
 
 
 def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[dict]:
@@ -254,11 +258,18 @@ def train(config: TrainConfig) -> Path:
                              scheduler=scheduler, criterion=criterion, model_opts=model_opts,
                              opts=opts, loss_opts=loss_opts, categories=dataset.categories,
                              enabled=rank == 0)
-    if elastic and ckpt is None and opts.pretrain_steps > 0:  # a fresh run: warm start first
-        pretrain_predictor(model, dataset, PretrainOptions(
-            steps=opts.pretrain_steps, batch_size=opts.pretrain_batch_size, lr=opts.pretrain_lr),
-            loss_opts, opts.seed, out_dir / "pretrain.jsonl" if rank == 0 else None,
-            progress=rank == 0)
+    if elastic and ckpt is None and opts.pretrain_steps > 0 and loss_opts.use_scale_loss:
+        # a fresh run: warm start the predictor first (L_scale: not for the no-scale-loss run)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        warm = PretrainOptions(steps=opts.pretrain_steps, batch_size=opts.pretrain_batch_size,
+                               lr=opts.pretrain_lr)
+        key = warm_start_key(model_opts.to_dict(), asdict(loss_opts), warm, opts.seed, ann_file)
+        cached_warm_start(model, dataset, warm, loss_opts, opts.seed, key,
+                          config.warm_start_cache if rank == 0 else None,
+                          out_dir / "pretrain.jsonl" if rank == 0 else None, rank == 0)
+        if world > 1:  # every rank starts from rank 0's warm start
+            for p in model.predictor.state_dict().values():
+                dist.broadcast(p, 0)
     probe = fidelity_probe(model, config, loss_opts, opts.probe_images, ckpt) if elastic else None
     deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else None
     log = MetricsLog(out_dir / "metrics.jsonl", rank == 0, total, state.step,

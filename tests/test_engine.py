@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from elastic_lab.data.sampler import group_by_size
-from elastic_lab.engine import StepPolicy, TrainState, plan_pool, step_generator
+from elastic_lab.engine import StepPolicy, TrainState, plan_pool, scale_sample, step_generator
 from elastic_lab.models.build import ModelOptions, build_model
+from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from tests.test_model import TINY
 
 SIZES = [(96, 64), (64, 96), (80, 80), (120, 60), (64, 64), (100, 70), (72, 90), (60, 60)]
@@ -111,3 +112,37 @@ def test_train_state_round_trips_through_a_checkpoint_dict():
     assert back.pending_plan[0][0] == [3, 1] and back.pending_plan[1][1] is None
     assert torch.equal(back.pending_plan[0][1], torch.tensor([1.25, 0.75]))
     assert TrainState.from_checkpoint(saved, total_steps=40).done
+
+
+def test_elastic_phase_at_phi_one_and_fixed_mode_at_its_own_scale():
+    m, images = model("elastic"), pool()
+    early = plan_pool(m, images, BATCH, StepPolicy("elastic", fixed_phi_steps=STEP + 1), SEED,
+                      STEP)
+    assert all(torch.equal(phi, torch.ones(len(b))) for b, phi in early)
+    late = plan_pool(m, images, BATCH, StepPolicy("elastic", fixed_phi_steps=STEP), SEED, STEP)
+    assert any(not torch.equal(phi, torch.ones(len(b))) for b, phi in late)
+    f = plan_pool(model("fixed"), images, BATCH, StepPolicy("fixed", fixed_phi=0.75), SEED, STEP)
+    assert all(torch.allclose(phi, torch.full((len(b),), 0.75)) for b, phi in f)
+
+
+def test_the_predictor_learns_from_a_random_sample_of_the_pool():
+    """Detector batches hold images of similar size; the predictor's losses are computed on a
+    random sample of the pool instead: reproducible per (seed, step), different per step,
+    mixing the size groups of the plan."""
+    a = scale_sample(48, 8, SEED, STEP)
+    assert a == scale_sample(48, 8, SEED, STEP) and len(set(a)) == 8
+    assert a != scale_sample(48, 8, SEED, STEP + 1)
+    m, images = model("elastic"), pool()
+    plan = plan_pool(m, images, BATCH, StepPolicy("elastic"), SEED, STEP)
+    sample = set(scale_sample(len(images), BATCH * 2, SEED, STEP))
+    assert len({k for k, (b, _) in enumerate(plan) if sample & set(b)}) > 1  # mixes batches
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "labels": torch.tensor([0]),
+                "orig_size": torch.tensor(im.shape[-2:])} for im in images]
+    crit = build_criterion(3, TINY.num_decoder_layers, ElasticLossOptions.for_base_size(64))
+    batch, phi = plan[0]
+    idx = sorted(sample)
+    out = m([images[i] for i in batch], phi, scale_images=[images[i] for i in idx])
+    assert out["scale"]["u"].shape == (len(idx),) and out["phi"].shape == (len(batch),)
+    losses = crit(out, [targets[i] for i in batch], scale_targets=[targets[i] for i in idx])
+    losses["loss_scale"].backward()
+    assert all(p.grad is None for p in m.detector.parameters())

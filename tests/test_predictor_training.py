@@ -14,7 +14,13 @@ from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from elastic_lab.models.predictor_criterion import predictor_losses, sides_at_phi
 from elastic_lab.models.scale_predictor import ScalePredictor
-from elastic_lab.predictor_pretrain import PretrainOptions, pretrain_predictor, random_zoom
+from elastic_lab.predictor_pretrain import (
+    PretrainOptions,
+    cached_warm_start,
+    pretrain_predictor,
+    random_zoom,
+    warm_start_key,
+)
 from elastic_lab.size_map import size_bin_edges, size_map_loss, size_map_targets
 from tests.test_model import TINY
 
@@ -147,3 +153,28 @@ def test_on_the_full_model_loss_scale_reaches_only_the_predictor_and_loss_dist_o
     detection = grads("loss_ce")
     assert detection and not any(n.startswith("predictor.") or n == "log_gamma"
                                  for n in detection)
+
+
+def test_a_warm_start_is_trained_once_and_reused_by_runs_that_share_it(synth_dir, tmp_path):
+    ds = CocoDetection(synth_dir / "images" / "train",
+                       synth_dir / "annotations" / "instances_train.json")
+    opts = ModelOptions(mode="elastic", base_size=64, thumb_size=64, detr=TINY,
+                        predictor_trunk="mobilenet_v3_small", predictor_norm="group")
+    loss = ElasticLossOptions.for_base_size(64)
+    warm = PretrainOptions(steps=3, batch_size=4, log_every=1)
+    ann = synth_dir / "annotations" / "instances_train.json"
+    key = warm_start_key(opts.to_dict(), vars(loss), warm, 0, ann)
+    torch.manual_seed(0)
+    first = build_model(opts, 6)
+    assert not cached_warm_start(first, ds, warm, loss, 0, key, tmp_path / "cache",
+                                 tmp_path / "a.jsonl", progress=False)
+    torch.manual_seed(1)  # another initialisation: the cache must overwrite it
+    second = build_model(opts, 6)
+    assert cached_warm_start(second, ds, warm, loss, 0, key, tmp_path / "cache",
+                             tmp_path / "b.jsonl", progress=False)
+    for a, b in zip(first.predictor.parameters(), second.predictor.parameters()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    other = warm_start_key(opts.to_dict(), vars(loss), warm, 1, ann)  # another seed
+    assert other != key and warm_start_key(
+        {**opts.to_dict(), "thumb_size": 32}, vars(loss), warm, 0, ann) != key

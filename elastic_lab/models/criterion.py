@@ -135,8 +135,10 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss_ce, "loss_bbox": l1.sum() / num_boxes,
                 "loss_giou": giou_loss.sum() / num_boxes}
 
-    def forward(self, outputs: dict, targets: list[dict], indices: Matches | None = None
-                ) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], indices: Matches | None = None,
+                scale_targets: list[dict] | None = None) -> dict[str, Tensor]:
+        """``scale_targets``: the targets of the images the predictor ran on, when those were
+        not the detector's batch (ElasticDETR's ``scale_images``)."""
         # boxes per process, averaged over ranks (DDP averages the gradients): DETR's normaliser
         local = torch.tensor([float(sum(len(t["labels"]) for t in targets))])
         num_boxes = max(float(world_mean(local)), 1.0)
@@ -151,7 +153,7 @@ class SetCriterion(nn.Module):
             enc_losses = self.detection_losses(enc, targets, self.matcher(enc, targets), num_boxes)
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         if self.elastic is not None and "scale" in outputs:
-            losses.update(self.elastic_losses(outputs["scale"], targets))
+            losses.update(self.elastic_losses(outputs["scale"], scale_targets or targets))
         return losses
 
     @torch.no_grad()
@@ -165,7 +167,7 @@ class SetCriterion(nn.Module):
         opt, scale = self.elastic, outputs["scale"]
         _, l1, giou_loss = matched_box_losses(outputs, targets, indices)
         per_object_loc = l1.sum(1) + giou_loss                                   # [M]
-        sides = target_sides(targets, scale["image_sizes"])
+        sides = target_sides(targets, outputs["image_sizes"])  # the detector's batch
         matched_sides = torch.cat([sd[j] for sd, (_, j) in zip(sides, indices)])  # [M]
         bins = size_bins(matched_sides, scale["log_gamma"].detach(), opt.b_s, opt.b_l)
         sums = torch.zeros(3).index_add_(0, bins.cpu(), per_object_loc.float().cpu())

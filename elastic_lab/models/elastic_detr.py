@@ -58,9 +58,17 @@ class ElasticDETR(nn.Module):
             return torch.full((len(images),), self.fixed_phi)
         return self.predictor(images)["phi"].float().cpu()
 
-    def forward(self, images: list[Tensor], phi: Tensor | None = None) -> dict:
+    def forward(self, images: list[Tensor], phi: Tensor | None = None,
+                scale_images: list[Tensor] | None = None) -> dict:
+        """See the class docstring. ``scale_images``: the images the predictor runs on (with
+        gradient) when they are not the detector's batch; training feeds it a random sample
+        of the pool, while the detector's batch holds images of similar size (``phi`` given)."""
         scale = None
-        if self.predictor is not None and (self.training or phi is None):
+        if scale_images is not None:
+            if self.predictor is None or phi is None:
+                raise ValueError("scale_images needs a predictor and the detector's phi")
+            scale = self.predictor(scale_images)
+        elif self.predictor is not None and (self.training or phi is None):
             scale = self.predictor(images)
         if phi is None:
             phi = (scale["phi"].detach() if scale is not None
