@@ -101,9 +101,10 @@ def test_random_zoom_keeps_object_pixels_and_flips_boxes():
 
 
 def test_warm_start_learns_the_scale_loss_optimum(synth_dir):
-    """A predictor-only run on a small generated set reaches corr(u, u*) >= 0.8 (train images)."""
+    """A predictor-only run on a small generated set reaches corr(u, u*) >= 0.8 within 120
+    steps (on its 24 training images: the machinery, not generalisation, is under test)."""
     torch.manual_seed(0)
-    opts = ModelOptions(mode="elastic", base_size=128, thumb_size=96, detr=TINY,
+    opts = ModelOptions(mode="elastic", base_size=128, thumb_size=64, detr=TINY,
                         predictor_trunk="mobilenet_v3_small", predictor_norm="group",
                         predictor_size_bins=8, predictor_d_model=32)
     model = build_model(opts, 6)
@@ -111,12 +112,13 @@ def test_warm_start_learns_the_scale_loss_optimum(synth_dir):
                        synth_dir / "annotations" / "instances_train.json")
     loss = ElasticLossOptions.for_base_size(128)
     before = predictor_fidelity(model.eval(), ds, vars(loss))
-    rows = pretrain_predictor(model, ds, PretrainOptions(steps=250, batch_size=8, lr=2e-3,
-                                                         log_every=50), loss, progress=False)
+    rows = pretrain_predictor(model, ds, PretrainOptions(steps=120, batch_size=8, lr=3e-3,
+                                                         crop_prob=0.0, log_every=40),
+                              loss, progress=False)
     after = predictor_fidelity(model.eval(), ds, vars(loss))
     assert rows[-1]["loss_scale"] < rows[0]["loss_scale"]
     assert after["pearson_u"] >= 0.8 > before["pearson_u"]
-    assert after["mae_u"] < before["mae_u"]
+    assert after["mae_u"] < 0.5 * before["mae_u"]
 
 
 def test_on_the_full_model_loss_scale_reaches_only_the_predictor_and_loss_dist_only_gamma(
