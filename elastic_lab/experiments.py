@@ -149,31 +149,42 @@ def train_run(config: TrainConfig, reuse: bool = True) -> Path:
 
     With ``reuse``, a finished run of exactly the same config (paths made absolute, the loss
     resolved) and the same training annotation file (SHA-1) in ``config.out`` is returned
-    without training; otherwise the folder is cleared first (metrics.jsonl is appended to,
-    never mixed). A non-empty folder that is not a run folder raises ValueError. The stamp
-    (``experiment_run.json``) also records the training seconds (:func:`trained_seconds`).
+    without training, and a half-trained one (stopped or killed after its first checkpoint) is
+    resumed (``resume=True``: it ends as the uninterrupted run would); otherwise the folder is
+    cleared first (metrics.jsonl is appended to, never mixed). A non-empty folder that is not
+    a run folder raises ValueError. The stamp (``experiment_run.json``, written when training
+    starts) records the training seconds, summed over the sessions of a resumed run
+    (:func:`trained_seconds`).
     """
     # absolute paths: the same run is recognised from the project root (make bench) and from
     # notebooks/ (the notebooks' working folder)
     config = replace(config, data=str(Path(config.data).resolve()),
-                     out=str(Path(config.out).resolve()))
+                     out=str(Path(config.out).resolve()), resume=False)
     out_dir = Path(config.out)
     wanted = _stamp(config)
     stamp, ckpt = out_dir / RUN_STAMP, out_dir / "checkpoint.pt"
-    if reuse and ckpt.is_file() and stamp.is_file():
-        done = json.loads(stamp.read_text())
-        if {k: done.get(k) for k in wanted} == wanted:
-            return ckpt
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / "options.json").is_file():
+    done = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    same = {k: done.get(k) for k in wanted} == wanted
+    if reuse and same and ckpt.is_file() and "seconds" in done:
+        return ckpt
+    resume = reuse and same and ckpt.is_file()
+    previous = float(done.get("partial_seconds", 0.0)) if resume else 0.0
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        if not ((out_dir / "options.json").is_file() or stamp.is_file()):
             raise ValueError(f"{out_dir}: exists and is not a training run folder; refusing to "
                              "clear it (choose another folder)")
         shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({**wanted, "partial_seconds": previous}))
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("once", category=UserWarning)
-        path = train(config)
-    stamp.write_text(json.dumps({**wanted, "seconds": time.perf_counter() - start}))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("once", category=UserWarning)
+            path = train(replace(config, resume=resume))
+    finally:  # an interrupted session still counts towards the run's training time
+        elapsed = previous + time.perf_counter() - start
+        stamp.write_text(json.dumps({**wanted, "partial_seconds": elapsed}))
+    stamp.write_text(json.dumps({**wanted, "seconds": elapsed}))
     return path
 
 

@@ -26,7 +26,8 @@ from .analysis import base_object_sides, loss_optimum
 from .ap_subsets import SubsetAP
 from .flops import FlopTable
 
-__all__ = ["ap_optimal", "detect_at", "image_sizes", "loss_optimal", "summarize_choice"]
+__all__ = ["ap_optimal", "ap_optimal_phi", "detect_at", "image_sizes", "loss_optimal",
+           "loss_optimal_phi", "summarize_choice"]
 
 
 def image_sizes(dataset) -> list[tuple[int, int]]:
@@ -83,14 +84,29 @@ def summarize_choice(model, dataset, results: Sequence[dict], flops: FlopTable |
     return metrics
 
 
+def loss_optimal_phi(model, dataset, loss_options: Mapping) -> np.ndarray:
+    """φ* of every item: the scale loss's optimum for ``model``'s boundaries and γ ([N])."""
+    sides = [base_object_sides(dataset, i, model.base_size, model.max_size)
+             for i in range(len(dataset))]
+    return loss_optimum(model, sides, loss_options)[1]
+
+
 def loss_optimal(model, dataset, loss_options: Mapping, batch_size: int = 8,
                  progress: bool = False) -> dict:
     """The detector with every image at the scale loss's optimum φ* (see module docstring)."""
-    sides = [base_object_sides(dataset, i, model.base_size, model.max_size)
-             for i in range(len(dataset))]
-    _, phi_star = loss_optimum(model, sides, loss_options)
+    phi_star = loss_optimal_phi(model, dataset, loss_options)
     results = detect_at(model, dataset, phi_star.tolist(), batch_size, progress)
     return {"oracle": "loss-optimal", **summarize_choice(model, dataset, results)}
+
+
+def ap_optimal_phi(dataset, sweep: Mapping[float, list[dict]]) -> np.ndarray:
+    """The AP-optimal φ of every item among the scales of ``sweep`` ({φ: detect_at(...)}):
+    the φ maximising the item's own AP, ties to the smaller φ, items without objects at the
+    smallest ([N])."""
+    scales = sorted(sweep)
+    table = np.nan_to_num(np.stack([SubsetAP(dataset, sweep[s]).per_image() for s in scales]),
+                          nan=-1.0)  # [S, N]; NaN = no objects
+    return np.array(scales)[table.argmax(axis=0)]  # first maximum = smallest φ on ties
 
 
 def ap_optimal(model, dataset, scales: Sequence[float], batch_size: int = 8,
@@ -102,13 +118,10 @@ def ap_optimal(model, dataset, scales: Sequence[float], batch_size: int = 8,
     """
     scales = sorted(float(s) for s in scales)
     sweep = dict(sweep or {})
-    per_image = []
     for s in scales:
         if s not in sweep:
             sweep[s] = detect_at(model, dataset, [s] * len(dataset), batch_size, progress)
-        per_image.append(SubsetAP(dataset, sweep[s]).per_image())
-    table = np.nan_to_num(np.stack(per_image), nan=-1.0)  # [S, N]; NaN = no objects
-    best = table.argmax(axis=0)  # first maximum = smallest φ on ties
-    results = [sweep[scales[b]][i] for i, b in enumerate(best)]
+    best = ap_optimal_phi(dataset, {s: sweep[s] for s in scales})
+    results = [sweep[float(b)][i] for i, b in enumerate(best)]
     return {"oracle": "ap-optimal", "scales": scales,
             **summarize_choice(model, dataset, results)}
