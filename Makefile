@@ -38,14 +38,19 @@ test: $(STAMP)
 data: $(STAMP)
 	$(BIN)/elastic-lab synth --out $(DATA) --train 2000 --val 300 --test 300 --seed 0
 
+# the shipped checkpoints from the recipe (elastic_lab/recipes.py); AMP=--amp DEVICE=cuda on a GPU
 checkpoints: $(STAMP)
 	bash scripts/make_checkpoints.sh
 
 train-20min: $(STAMP)
 	bash scripts/train_20min.sh
 
+# the research benchmark (issue 16): trains only the missing cells, resumes a stopped one, then
+# rebuilds benchmarks/results.md from the committed cell files; BENCH_ARGS="--max-cells 1",
+# "--cells elastic_s0,latency", "--report-only", "--device cuda --amp"
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks
+	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks $(BENCH_ARGS)
 
 bench-speed: $(STAMP)
 	$(BIN)/python scripts/benchmark_speed.py --freeze-stem
