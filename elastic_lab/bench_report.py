@@ -1,156 +1,328 @@
-"""The benchmark's report: results.json, a results.md a reader can quote, and the figures
-(Pareto fronts AP vs GFLOPs and AP vs latency, phi vs object size with and without the scale
-loss, AP by object size) as one HTML file plus one PNG per figure when kaleido can render."""
+"""The benchmark's report: ``results.json`` (bench_summary.summarize of the cell files),
+``results.md`` (what a reader quotes, in plain words) and the figures (bench_figures.py).
+Nothing here trains or evaluates: the report is a function of ``OUT/cells/*.json``."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import plotly.graph_objects as go
-
-from . import viz
-
-FIGURES = ("pareto_gflops", "pareto_ms", "phi_vs_object_size", "ap_by_size")
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f} %"
+from . import recipes
+from .ap_subsets import COCO_KEYS
+from .bench_cells import read_cells
+from .bench_figures import COLUMN_LABELS, figures, save_figures
+from .bench_stats import replica_index
+from .bench_summary import ORACLE_COLUMNS, summarize
 
 
-def _num(x, fmt: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
+def num(x, fmt: str = ".3f") -> str:
+    """A number, "∞" for +inf, "n/a" for None or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return format(x, fmt)
 
 
-def pareto_points(results: dict) -> list[dict]:
-    """Every evaluated point as {name, label, ap, gflops, ms} for viz.pareto_figure."""
-    points = []
-    for name, run in results["runs"].items():
-        for p in run["points"]:
-            label = f"φ={p['scale']:g}" if p["scale"] is not None else f"φ̄={p['mean_phi']:.2f}"
-            points.append({"name": name, "label": label, "ap": p["AP"], "gflops": p["gflops"],
-                           "ms": p["ms"]})
-    return points
+def pct(x) -> str:
+    """A fraction as a signed percentage."""
+    return num(x if x is None or math.isinf(x) else 100 * x, "+.1f") + (
+        "" if x is None or math.isinf(x) else " %")
 
 
-def reference_point(run: dict) -> dict:
-    """A baseline's point at the scale nearest phi = 1; an elastic run's predicted-phi point."""
-    return min(run["points"], key=lambda p: 0.0 if p["scale"] is None else abs(p["scale"] - 1))
+def ci(iv: Sequence[float] | None, f=pct) -> str:
+    """An interval as "[lo, hi]"."""
+    return "n/a" if not iv else f"[{f(iv[0])}, {f(iv[1])}]"
 
 
-def figures(results: dict) -> dict[str, go.Figure]:
-    """The report's figures, built by the package's viz functions."""
-    points = pareto_points(results)
-    seed = results["seed_experiments"]["phi_vs_object_size"]
-    main = {name: reference_point(run) for name, run in results["runs"].items()
-            if run["role"] in ("baseline", "elastic")}
-    figs = {"pareto_gflops": viz.pareto_figure(points, "gflops"),
-            "pareto_ms": viz.pareto_figure(points, "ms"),
-            "phi_vs_object_size": viz.phi_size_comparison(
-                {name: (t["median_side"], t["phi"]) for name, t in seed.items()}),
-            "ap_by_size": viz.ap_by_size_figure(main)}
-    figs["pareto_gflops"].update_layout(title="AP vs GFLOPs per image (test split)")
-    figs["pareto_ms"].update_layout(title="AP vs measured latency per image (test split)")
-    figs["ap_by_size"].update_layout(title="COCO AP by object size (baselines at φ nearest 1)")
-    return figs
+def mean_sd(s: Mapping | None, f=pct) -> str:
+    """A seed summary (or a mean_sd dict) as "mean ± sd (n seeds)"."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    n = len(s["seeds"]) if "seeds" in s else s.get("n", 1)
+    sd = f" ± {f(s['sd']).replace('+', '')}" if s.get("sd") is not None else ""
+    return f"{f(s['mean'])}{sd} ({n} seed{'s' if n != 1 else ''})"
 
 
-def save_figures(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
-    """figures.html (all figures, plotly.js inline once, works offline) and NAME.png each.
-
-    Returns {name: "NAME.png" or the reason the PNG was not written}.
-    """
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0))
-             for i, fig in enumerate(figs.values())]
-    (out / "figures.html").write_text(
-        "<html><head><meta charset='utf-8'><title>elastic-lab benchmark</title></head><body>"
-        + "\n".join(parts) + "</body></html>", encoding="utf-8")
-    status = {}
-    for name, fig in figs.items():
-        try:
-            fig.write_image(out / f"{name}.png", width=900, height=560)
-            status[name] = f"{name}.png"
-        except Exception as exc:  # noqa: BLE001 (kaleido missing or no browser: say so)
-            reason = " ".join(str(exc).split())[:200]
-            status[name] = f"PNG not written ({type(exc).__name__}: {reason})"
-    return status
+def per_seed(s: Mapping, f=pct) -> str:
+    """Per-seed estimates with their intervals."""
+    return "; ".join(f"s{k}: {f(v['value'])} {ci(v['interval'], f)}"
+                     for k, v in s.get("per_seed", {}).items()) or "n/a"
 
 
-def _train_options(s: dict) -> str:
-    """The runs' shared training options, in words."""
-    if "train_args" in s:  # results.json of the first benchmark versions
-        return f"train options `{' '.join(s['train_args'])}`"
-    parts = ["the smoke detector" if s.get("smoke") else "the default detector"]
-    parts.append("frozen stem" if s["freeze_stem"] else "trainable stem")
-    if s["lr_drop"] is not None:
-        parts.append(f"lr /10 after {s['lr_drop']:g} of the steps")
-    parts += [f"{s['workers']} loader worker(s)", "bfloat16/float16 autocast" if s["amp"]
-              else "float32"]
-    return "train options: " + ", ".join(parts)
+def _ap(x) -> str:
+    return num(x, ".3f")
 
 
-def markdown(results: dict, png: dict[str, str] | None = None) -> str:
-    """results.md: settings, every point, compute saved two ways, the seed experiments."""
-    s = results["settings"]
-    lines = ["# elastic-lab benchmark", "",
-             (f"Synthetic set `{s['data']}`, report split **{s['split']}** ({s['eval_images']} "
-             f"images at most; no setting was chosen on it). Every run: {s['budget_steps']} "
-             f"steps x batch {s['batch_size']}, base size {s['base_size']}, seed {s['seed']}, "
-             f"{_train_options(s)}; tau range "
-             f"[{s['tau_min']}, {s['tau_max']}]; {results['torch_threads']} torch threads; "
-             f"latency = median of {s['latency_images']} images one by one."), "",
-             "| run | phi | AP | AP50 | APs | APm | APl | GFLOPs/img | ms/img | train min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, run in results["runs"].items():
-        for p in run["points"]:
-            phi = f"{p['scale']:g}" if p["scale"] is not None else \
-                f"pred. {p['mean_phi']:.2f} ± {p['phi_std']:.2f}"
-            g = f"{p['gflops']:.2f}" + (f" ({p['predictor_gflops']:.2f} pred.)"
-                                        if p["scale"] is None else "")
-            lines.append(f"| {name} | {phi} | {p['AP']:.3f} | {p['AP50']:.3f} | {p['APs']:.3f} | "
-                         f"{p['APm']:.3f} | {p['APl']:.3f} | {g} | {p['ms']:.1f} | "
-                         f"{run['train_seconds'] / 60:.1f} |")
-    lines += ["", "## Compute saved by the elastic model", "",
-              ("| baseline | its best AP | lowest scale reaching elastic AP | GFLOPs saved | "
-              "latency saved | latency / FLOPs saving | GFLOPs saved (front, interpolated) | "
-              "AP gain at equal GFLOPs | goal met |"), "|---|---|---|---|---|---|---|---|---|"]
-    for b, c in results["comparisons"].items():
-        scale = c["lowest_scale_reaching_elastic_ap"]
-        lines.append(
-            f"| {b} | {c['baseline_best_ap']:.3f} | {'none' if scale is None else f'{scale:g}'} "
-            f"| {_pct(c['compute_saved'])} | {_pct(c['latency_saved'])} | "
-            f"{_num(c['latency_to_flops_saving'], '.2f')} | "
-            f"{_pct(c['compute_saved_interpolated'])} | {c['ap_gain_at_equal_gflops']:+.3f}"
-            f"{' (extrapolated)' if c['gflops_extrapolated'] else ''} | "
-            f"{'yes' if c['goal_met'] else 'no'} |")
-    lines += ["", ("Goal (the paper's claim): at least the multi-scale baseline's best AP with "
-              ">= 26 % fewer GFLOPs (predictor included), or +3.5 AP (0.035) at equal GFLOPs; "
-              "latency saving >= 0.8 x the FLOPs saving."), "",
-              "## Seed experiments", "", ("| elastic run | tau_max | AP | GFLOPs/img | mean phi | "
-              "Spearman(phi, median object side) | compute saved vs phi=1 |"),
-              "|---|---|---|---|---|---|---|"]
-    for name, run in results["runs"].items():
-        if run["mode"] == "elastic":
-            p = run["points"][0]
-            lines.append(f"| {name} | {run['tau_max']:g} | {p['AP']:.3f} | {p['gflops']:.2f} | "
-                         f"{p['mean_phi']:.2f} | {_num(p['spearman'], '+.2f')} | "
-                         f"{_pct(p['compute_saved_vs_phi1'])} |")
-    lines += ["", ("Spearman < 0: images of small objects get larger phi (seed experiment 1); "
-              "`elastic_no_scale_loss` is the ablation without L_scale (2); the "
-              "`elastic_tau_max_*` rows with `elastic` form the tau_max sweep (3)."), "",
-              "## Speed against Hugging Face DetrForObjectDetection", ""]
-    hf = results["speed_vs_hf"]
-    lines.append(hf["markdown"] if "markdown" in hf else f"Not measured: {hf['skipped']}")
-    if png:
-        lines += ["", "## Figures", "", "All in `figures.html`; PNG files:"]
-        lines += [f"- {name}: {v}" for name, v in png.items()]
+def _dap(x) -> str:
+    return num(x, "+.3f")
+
+
+def settings(cells: Mapping[str, Mapping]) -> list[str]:
+    """The shared settings, read off the cells (recipe, split, images, machines)."""
+    main = [c for n, c in cells.items() if "recipe" in c]
+    if not main:
+        return []
+    r = main[0]["recipe"]
+    ev = main[0]["evaluation"]
+    machines = sorted({f"{c['machine']['device_name']} ({c['machine']['device']}, torch "
+                       f"{c['machine']['torch']}, {c['machine']['torch_threads']} thread(s)"
+                       f"{', amp' if c['machine']['amp'] else ''})" for c in cells.values()})
+    smoke = any(c.get("smoke") for c in cells.values())
+    el = next((c["recipe"] for c in main if c["recipe"]["model"]["mode"] == "elastic"), None)
+    elastic = "" if el is None else (
+        f"; elastic: predictor {el['model']['predictor_trunk']}/{el['model']['predictor_norm']}"
+        f", thumbnail {el['model']['thumb_size']}, {el['model']['predictor_size_bins']} size "
+        f"bins, warm start {el['train']['pretrain_steps']} steps, distribution loss "
+        f"{el['loss']['distribution']} (budget {el['loss']['compute_budget']:g})")
+    drop = f" (÷10 after {r['train']['lr_drop']:g} of the steps)" if r["train"]["lr_drop"] else ""
+    return [(f"Recipe (`elastic_lab/recipes.py`{', smoke variant' if smoke else ''}): "
+             f"{r['train']['max_steps']} steps × batch {r['train']['batch_size']}, lr "
+             f"{r['train']['lr']:g}{drop}, base size "
+             f"{r['model']['base_size']}, τ ∈ [{r['model']['tau_min']:g}, τmax of the run], "
+             f"{r['model']['detr']['num_queries']} queries, anchors "
+             f"{r['model']['detr']['anchor_cells']} cells, hflip {r['train']['hflip']:g}"
+             f"{elastic}. Every cell stores its full config (`recipe`)."),
+            (f"Evaluation: split **{main[0]['split']}**, {ev['num_images']} images (nothing was "
+            f"tuned on it), sweep φ ∈ {{{', '.join(f'{s:g}' for s in ev['scales'])}}}, "
+            f"{ev['bootstrap']['replicas']} paired bootstrap replicas over test images "
+            f"(`bootstrap_indices(n, {ev['bootstrap']['replicas']}, seed="
+            f"{ev['bootstrap']['seed']})`), 95 % percentile intervals."),
+            "Machines: " + "; ".join(machines) + "."]
+
+
+def headline_lines(s: Mapping) -> list[str]:
+    lines = ["## Headline: compute saved at equal AP, AP gain at equal GFLOPs", "",
+             ("Read off the baseline's *interpolated* Pareto front (`analysis.compare_to_baseline`)"
+             "; elastic at its predicted φ, GFLOPs with the predictor. Intervals: paired "
+             "bootstrap over test images (replica b of every row on the same resample) of the "
+             "seed mean; ± is the sd over seeds. ∞: on that resample the front never reaches "
+             "the elastic AP."), "",
+             ("| against | compute saved (mean ± sd) | 95 % interval | per seed | "
+             "AP gain at equal GFLOPs | 95 % interval | per seed |"),
+             "|---|---|---|---|---|---|---|"]
+    points = s.get("num_scales", "?")
+    names = {"fixed_front": "fixed-resolution front (φ = 0.75, 1, 1.25)",
+             "multiscale": f"multi-scale ({points}-point sweep)"}
+    for key, label in names.items():
+        h = s["headline"][key]
+        saved, gain = h["compute_saved"], h["ap_gain"]
+        lines.append(f"| {label} | {mean_sd(saved)} | {ci(saved['interval'])} "
+                     f"| {per_seed(saved)} | {mean_sd(gain, _dap)} | "
+                     f"{ci(gain['interval'], _dap)} | {per_seed(gain, _dap)} |")
+    b = s.get("best_fixed")
+    if b:
+        lines += ["", f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
+                  f"{_ap(b['mean_ap'])}; the front: "
+                  + ", ".join(f"{r} {_ap(v)}" for r, v in b["mean_ap_by_run"].items())
+                  + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], _dap)} "
+                  f"{ci(b['elastic_ap_minus_best']['interval'], _dap)}, GFLOPs ratio "
+                  f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
+                  f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}."]
+    return lines
+
+
+def verdict(s: Mapping) -> str:
+    """The research question answered in one sentence, from the fixed-front comparison."""
+    saved = s["headline"]["fixed_front"]["compute_saved"]
+    if saved["mean"] is None or not saved["interval"]:
+        return ("**Answer: not yet measurable** (the fixed-resolution front or elastic is "
+                "missing).")
+    n = len(saved["seeds"])
+    low = saved["interval"][0]
+    beats = low > 0
+    return (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
+            f"{'beats' if beats else 'does not beat'} the fixed-resolution front beyond the "
+            f"test-image noise**: compute saved at equal AP {pct(saved['mean'])} (95 % "
+            f"interval {ci(saved['interval'])}"
+            f"{'' if beats else ', which includes no saving or a loss'}).")
+
+
+def target_lines(s: Mapping) -> list[str]:
+    lines = ["## Targets of issue 16", ""]
+    fmt = {"fixed_front": pct, "multiscale": pct, "latency": lambda x: num(x, ".2f"),
+           "predictor": pct}
+    for t in s["targets"]:
+        state = {True: "**met**", False: "**not met**", None: "not measurable yet"}[t["met"]]
+        extra = f", interval {ci(t['interval'])}" if t.get("interval") else ""
+        value = fmt[t["name"]](t["value"])
+        if t["name"] == "latency" and t.get("flops_saved") is not None and t["flops_saved"] <= 0:
+            extra += "; elastic saves no FLOPs on these images, so the ratio means nothing"
+        measured = f" (measured {value}{extra})" if t["value"] is not None else ""
+        lines.append(f"- {t['target']}: {state}{measured}.")
+    g = s.get("gap")
+    if g and any(t["met"] is False for t in s["targets"]):
+        lines += ["", "Where the gap comes from (elastic, seed means, paired 95 % intervals):",
+                  (f"- oracle gap: AP-optimal φ − predicted φ = "
+                  f"{mean_sd(g['oracle_gap'], _dap)} {ci(g['oracle_gap']['interval'], _dap)}; "
+                  f"the same oracle lifts the fixed φ = 1 detector by "
+                  f"{mean_sd(g['fixed_oracle_gain'], _dap)} (its optimism: it picks on the "
+                  "test labels);"),
+                  (f"- predictor fidelity: φ* − predicted = {mean_sd(g['fidelity_gap'], _dap)} "
+                  f"{ci(g['fidelity_gap']['interval'], _dap)} (what a perfect predictor of "
+                  f"today's targets adds); Pearson(u, u*) {mean_sd(g['pearson_u'], _ap)}, "
+                  f"MAE {mean_sd(g['mae_u'], _ap)}, Spearman(φ, median object side) "
+                  f"{mean_sd(g['spearman_phi_vs_median_side'], _dap)};"),
+                  (f"- target calibration: φ* − φ = 1 = {mean_sd(g['calibration'], _dap)} "
+                  f"{ci(g['calibration']['interval'], _dap)}; predicted − φ = 1 = "
+                  f"{mean_sd(g['predicted_vs_phi1'], _dap)}; share of the φ = 1 → AP-optimal "
+                  f"gap closed by the predicted φ {mean_sd(g['closes_gap_share'], _ap)};"),
+                  (f"- detector budget: elastic detector at φ = 1 − fixed detector at φ = 1 = "
+                  f"{mean_sd(g['detector_at_phi1'], _dap)} "
+                  f"{ci(g['detector_at_phi1']['interval'], _dap)}; γ "
+                  f"{mean_sd(g['gamma'], _ap)}.")]
+    return lines
+
+
+def detector_lines(s: Mapping) -> list[str]:
+    lines = ["## Detectors on the test split", "",
+             ("Seed means (± sd). Fixed: its own φ; elastic runs: predicted φ (GFLOPs with the "
+             "predictor); multi-scale: every sweep point."), "",
+             "| run | φ | " + " | ".join(COCO_KEYS) + " | GFLOPs | mean φ | seeds |",
+             "|---|---|" + "---|" * (len(COCO_KEYS) + 3)]
+
+    def cells_of(stats: Mapping) -> str:
+        return " | ".join(_ap(stats[k]["mean"]) + (f" ± {_ap(stats[k]['sd'])}"
+                                                   if stats[k]["sd"] is not None else "")
+                          for k in COCO_KEYS)
+
+    for run, d in s["detectors"].items():
+        if "own" in d:
+            phi = "predicted" if d["mode"] == "elastic" else f"{recipes.RUNS[run].fixed_phi:g}"
+            lines.append(f"| {run} | {phi} | {cells_of(d['own'])} | "
+                         f"{num(d['own']['gflops']['mean'], '.2f')} | "
+                         f"{num(d['own']['mean_phi']['mean'], '.3f')} | {d['seeds']} |")
+        if d["mode"] == "multiscale":
+            for k, st in d["sweep"].items():
+                lines.append(f"| {run} | {k} | {cells_of(st)} | {num(st['gflops']['mean'], '.2f')}"
+                             f" | {k} | {d['seeds']} |")
+    return lines
+
+
+def oracle_lines(s: Mapping) -> list[str]:
+    lines = ["## Oracles: own φ, φ = 1, the scale loss's φ*, the per-image AP-optimal φ", "",
+             ("AP (GFLOPs) seed means; oracle GFLOPs are the detector's alone. The AP-optimal "
+             "oracle picks each image's φ on its test labels, so it flatters every detector: "
+             "the fixed detectors' own gain from it is the reference for that optimism."), "",
+             "| detector | " + " | ".join(COLUMN_LABELS[k] for k in ORACLE_COLUMNS)
+             + " | AP-optimal gain [95 %] |", "|---|" + "---|" * (len(ORACLE_COLUMNS) + 1)]
+    for run, o in s["oracles"].items():
+        vals = [f"{_ap(o[k]['AP']['mean'])} ({num(o[k]['gflops']['mean'], '.2f')})" if k in o
+                else "—" for k in ORACLE_COLUMNS]
+        g = o["ap_optimal_gain"]
+        lines.append(f"| {run} | " + " | ".join(vals) + f" | {mean_sd(g, _dap)} "
+                     f"{ci(g['interval'], _dap)} over {o['gain_over']} |")
+    return lines
+
+
+def ablation_lines(s: Mapping) -> list[str]:
+    lines = ["## Ablations (one seed)", "",
+             ("| run | what | AP | ΔAP vs elastic [95 %] | GFLOPs | mean φ | γ | "
+              "Pearson(u, u*) | Spearman(φ, side) | saved vs fixed front | "
+              "saved vs multi-scale |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in s["ablations"]:
+        d = a.get("ap_minus_elastic")
+        dap = f"{_dap(d['mean'])} {ci(d['interval'], _dap)}" if d else "—"
+        saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
+        saved = [f"{pct(x['mean'])} {ci(x['interval'])}" if x else "n/a" for x in saved]
+        lines.append(f"| {a['run']} s{a['seed']} | {a['note']} | {_ap(a['AP'])} | {dap} | "
+                     f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
+                     f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "
+                     f"{num(a['spearman'], '+.2f')} | {saved[0]} | {saved[1]} |")
+    return lines
+
+
+def latency_lines(s: Mapping) -> list[str]:
+    lat = s.get("latency")
+    lines = ["## Latency (paired, one process)", ""]
+    if not lat:
+        return lines + ["Not measured yet (cell `latency` missing)."]
+    return lines + [
+        (f"`{lat['model']}` against `{lat['reference']}` on {lat['images']} test images, batch 1,"
+        f" {lat['repeats']} interleaved repeats per image (alternating order), on "
+        f"{lat['machine']['device_name']} ({lat['machine']['device']}). Median per-image time "
+        f"ratio {num(lat['median_ratio'], '.3f')} "
+        f"{ci(lat['median_ratio_interval'], lambda x: num(x, '.3f'))}"
+        f" ({num(lat['median_ms'], '.1f')} vs {num(lat['reference_median_ms'], '.1f')} ms): "
+        f"latency saved {pct(lat['latency_saved'])} {ci(lat['latency_saved_interval'])}, "
+        f"FLOPs saved on the same images {pct(lat['flops_saved'])}; latency saving / FLOPs "
+        f"saving = {num(lat['latency_to_flops_saving'], '.2f')}.")]
+
+
+def cell_lines(s: Mapping, expected: Sequence[str]) -> list[str]:
+    lines = ["## Cells"]
+    if s["cells"]:
+        lines += ["", "| cell | device | training min | steps | images/s | eval min |",
+                  "|---|---|---|---|---|---|"]
+    for name, c in s["cells"].items():
+        t = c.get("training") or {}
+        lines.append(f"| {name} | {c['machine']['device_name'] if c.get('machine') else '?'} | "
+                     f"{num(t.get('seconds', 0) / 60 if t else None, '.1f')} | "
+                     f"{t.get('steps', '—')} | {num(t.get('images_per_s'), '.1f')} | "
+                     f"{num((c.get('evaluation_seconds') or 0) / 60, '.1f')} |")
+    if s.get("stale"):
+        lines += ["", "**Trained with another recipe than today's `recipes.py`** (delete their "
+                  "files to retrain them): " + ", ".join(f"`{m}`" for m in s["stale"]) + "."]
+    missing = s["missing"]
+    lines += ["", f"**Missing cells ({len(missing)} of {len(expected)})**: "
+              + (", ".join(f"`{m}`" for m in missing) if missing else "none")
+              + (". `make bench` trains them in this order (`elastic-lab bench --max-cells N` "
+                 "for a few at a time)." if missing else ".")]
+    return lines
+
+
+def markdown(summary: Mapping, cells: Mapping[str, Mapping], expected: Sequence[str],
+             png: Mapping[str, str]) -> str:
+    """results.md."""
+    lines = [("# elastic-lab benchmark: does a learned per-image resolution beat the best single "
+             "resolution, beyond the noise?"), "",
+             (f"Assembled by `elastic-lab bench --report-only` from the {len(cells)} cell files "
+             "in `cells/`; every number below is in one of them.")]
+    lines += [""] + [x for line in settings(cells) for x in (line, "")]
+    if summary.get("headline") is None:
+        lines += [("**No (run, seed) cell has been trained yet**: there are no results to "
+                   "report. `make bench` trains the cells listed below (the README's benchmark "
+                   "section says what each cell is and how it is evaluated).")]
+        lines += [""] + target_lines(summary) + [""] + latency_lines(summary) + [""]
+        lines += cell_lines(summary, expected)
+        return "\n".join(lines) + "\n"
+    lines += [verdict(summary), ""]
+    for part in (headline_lines(summary), target_lines(summary), detector_lines(summary),
+                 oracle_lines(summary), ablation_lines(summary), latency_lines(summary),
+                 cell_lines(summary, expected)):
+        lines += part + [""]
+    lines += ["## Figures", "", ("All in `figures.html` (not committed; `--report-only` rebuilds "
+              "it):")] + [f"- {k}: {v}" for k, v in png.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict, out: Path) -> None:
-    """results.json, results.md, figures.html and the PNGs under ``out``."""
+def _plain(obj):
+    """JSON-ready copy: numpy arrays dropped (replicas stay in the cells), non-finite floats
+    as strings."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items() if k != "replicas"}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def write_report(out: Path, expected: Sequence[str], png: bool = True) -> dict:
+    """results.json, results.md and the figures under ``out`` from ``out/cells``; returns the
+    summary."""
     out = Path(out)
-    png = save_figures(figures(results), out)
-    results["figures"] = png
-    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    (out / "results.md").write_text(markdown(results, png), encoding="utf-8")
+    cells = read_cells(out / "cells")
+    summary = summarize(cells, expected)
+    index = replica_index({n: c for n, c in cells.items() if "evaluation" in c})
+    status = save_figures(figures(cells, summary, index), out, png)
+    summary["figures"] = status
+    plain = _plain(summary)
+    (out / "results.json").write_text(json.dumps(plain, indent=1, allow_nan=False) + "\n",
+                                      encoding="utf-8")
+    (out / "results.md").write_text(markdown(summary, cells, expected, status),
+                                    encoding="utf-8")
+    return plain

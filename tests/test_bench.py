@@ -1,143 +1,333 @@
-"""The benchmark: compute saved two ways on hand-made points, and the whole pipeline in smoke
-mode (same budget for every run, test split, report files, reuse of finished runs)."""
+"""The benchmark (issue 16): one recipe; compute saved read off a hand-made front with a known
+answer; paired replicas; the cell order; the whole pipeline in smoke mode (cells, evaluation,
+bootstrap, latency, report), a cell not retrained when its file exists, a stopped run resumed,
+and the report of an empty benchmark."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from elastic_lab.bench import compare, lowest_scale_reaching
-from elastic_lab.bench_report import markdown
+import elastic_lab.train as train_module
+from elastic_lab import bench, experiments, recipes
+from elastic_lab.ap_subsets import SubsetAP, bootstrap_indices
+from elastic_lab.bench_cells import (
+    FIXED_FRONT,
+    LATENCY,
+    MAIN_RUNS,
+    all_cells,
+    parse_cell,
+    read_cells,
+    train_cell,
+)
+from elastic_lab.bench_eval import loss_options_of
+from elastic_lab.bench_report import write_report
+from elastic_lab.bench_stats import compare_rows, interval, replica_index
+from elastic_lab.bench_summary import stale_cells
+from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
+from elastic_lab.data.coco import CocoDetection
+from elastic_lab.experiments import first_images, trained_seconds
+from elastic_lab.models.build import load_model
+from elastic_lab.oracles import ap_optimal, detect_at, loss_optimal
+from elastic_lab.runtime import split_paths
+from elastic_lab.train import add_arguments, config_from_args
 
 
-def _baseline(aps, gflops=(1.0, 2.0, 3.0, 4.0), ms=(10.0, 20.0, 30.0, 40.0)):
-    return [{"scale": s, "AP": a, "gflops": g, "ms": t}
-            for s, a, g, t in zip((0.5, 0.75, 1.0, 1.25), aps, gflops, ms)]
+# ----------------------------------------------------------------------------- the recipe
+def test_the_recipe_is_the_command_line_of_its_constants():
+    """recipe_config("elastic") is what `elastic-lab train` builds from the recipe's flags (the
+    values are read from recipes.py, so the lead can change them there alone)."""
+    r = recipes
+    argv = ["--data", r.DATA, "--out", "runs/elastic", "--mode", "elastic",
+            "--max-steps", r.MAX_STEPS, "--epochs", r.EPOCHS, "--batch-size", r.BATCH_SIZE,
+            "--lr", r.LR, "--lr-drop", r.LR_DROP, "--num-queries", r.NUM_QUERIES,
+            "--hflip", r.HFLIP, "--seed", 0, "--workers", r.WORKERS, "--log-every", r.LOG_EVERY,
+            "--base-size", r.BASE_SIZE, "--anchor-cells", r.ANCHOR_CELLS,
+            "--tau-min", r.TAU_MIN, "--tau-max", r.TAU_MAX,
+            "--predictor-trunk", r.PREDICTOR_TRUNK, "--predictor-norm", r.PREDICTOR_NORM,
+            "--thumb-size", r.THUMB_SIZE, "--predictor-size-bins", r.PREDICTOR_SIZE_BINS,
+            "--pretrain-steps", r.PRETRAIN_STEPS, "--pretrain-batch-size",
+            r.PRETRAIN_BATCH_SIZE, "--pretrain-lr", r.PRETRAIN_LR,
+            "--distribution-loss", r.DISTRIBUTION_LOSS, "--compute-budget", r.COMPUTE_BUDGET]
+    argv = [str(a) for a in argv] + (["--freeze-stem"] if r.FREEZE_STEM else []) + (
+        ["--amp"] if r.AMP else [])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert recipes.recipe_config("elastic").to_dict() == \
+        config_from_args(parser.parse_args(argv)).to_dict()
 
 
-def test_compute_saved_at_the_lowest_scale_reaching_the_elastic_ap():
-    base = _baseline((0.10, 0.20, 0.30, 0.30))
-    elastic = {"AP": 0.25, "gflops": 2.0, "ms": 22.0}
-    assert lowest_scale_reaching(base, 0.25)["scale"] == 1.0
-    c = compare(elastic, base)
-    assert c["lowest_scale_reaching_elastic_ap"] == 1.0
-    assert c["compute_saved"] == pytest.approx(1 - 2.0 / 3.0)
-    assert c["latency_saved"] == pytest.approx(1 - 22.0 / 30.0)
-    assert c["latency_to_flops_saving"] == pytest.approx((8 / 30) / (1 / 3))
-    # on the interpolated front the baseline reaches AP 0.25 at 2.5 GFLOPs
-    assert c["compute_saved_interpolated"] == pytest.approx(1 - 2.0 / 2.5)
-    assert c["baseline_ap_at_equal_gflops"] == pytest.approx(0.20)
-    assert c["ap_gain_at_equal_gflops"] == pytest.approx(0.05)
-    assert c["goal_met"]  # +0.05 AP at equal GFLOPs >= +0.035
-    assert c["baseline_best_ap"] == 0.30
+def _without(d: dict, *paths: str) -> dict:
+    d = json.loads(json.dumps(d))
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = d
+        for p in parents:
+            node = node[p]
+        node.pop(leaf)
+    return d
 
 
-def test_goal_needs_the_best_ap_with_26_percent_fewer_gflops_or_35_ap_points():
-    base = _baseline((0.28, 0.29, 0.30, 0.30))  # flat: no large AP gain at equal GFLOPs
-    assert compare({"AP": 0.30, "gflops": 2.2, "ms": 25.0}, base)["goal_met"]   # -27 %
-    near = compare({"AP": 0.30, "gflops": 2.3, "ms": 25.0}, base)               # -23 % only
-    assert near["compute_saved"] == pytest.approx(1 - 2.3 / 3.0)
-    assert near["ap_gain_at_equal_gflops"] < 0.035 and not near["goal_met"]
-    worse = compare({"AP": 0.05, "gflops": 3.5, "ms": 35.0}, base)
-    assert worse["ap_gain_at_equal_gflops"] == pytest.approx(0.05 - 0.30)
-    assert worse["compute_saved"] == pytest.approx(1 - 3.5 / 1.0)  # reached at 0.5: costs more
-    assert not worse["goal_met"]
+def test_runs_differ_only_in_what_they_are_named_after():
+    ref = recipes.recipe_config("fixed_1.00").to_dict()
+    for run in FIXED_FRONT:
+        c = recipes.recipe_config(run, out="x")
+        assert c.model.fixed_phi == recipes.RUNS[run].fixed_phi
+        assert _without(c.to_dict(), "out", "model.fixed_phi") == _without(
+            ref, "out", "model.fixed_phi")
+    assert _without(recipes.recipe_config("multiscale").to_dict(), "out", "model.mode") == \
+        _without(ref, "out", "model.mode")
+    el = recipes.recipe_config("elastic").to_dict()
+    changed = {"elastic_no_scale_loss": "loss.use_scale_loss",
+               "elastic_no_dist_loss": "loss.use_distribution_loss",
+               "elastic_paper_dist": "loss.distribution",
+               "elastic_tau_max_1.25": "model.tau_max", "elastic_tau_max_2": "model.tau_max"}
+    assert set(changed) == {r for r, s in recipes.RUNS.items() if s.role == "ablation"}
+    for run, field in changed.items():
+        c = recipes.recipe_config(run).to_dict()
+        assert _without(c, "out", field) == _without(el, "out", field), run
+        assert c != {**el, "out": c["out"]}, run
+    s1 = recipes.recipe_config("elastic", seed=1).to_dict()
+    assert _without(s1, "train.seed") == _without(el, "train.seed") and s1["train"]["seed"] == 1
+    assert recipes.run_name("fixed") == "fixed_1.00" and recipes.run_name("elastic") == "elastic"
 
 
-def test_a_baseline_that_never_reaches_the_elastic_ap_saves_nothing_measurable():
-    c = compare({"AP": 0.5, "gflops": 2.0, "ms": 20.0}, _baseline((0.1, 0.2, 0.3, 0.3)))
-    assert c["lowest_scale_reaching_elastic_ap"] is None
-    assert c["compute_saved"] is None and c["latency_saved"] is None
-    assert c["ap_gain_at_equal_gflops"] == pytest.approx(0.3)
+def test_cells_are_named_and_ordered_with_the_first_seed_first():
+    cells = all_cells()
+    first = [f"{r}_s0" for r in MAIN_RUNS]
+    assert cells[:len(first)] == first and cells[len(first)] == LATENCY
+    assert cells[-5:] == [f"{r}_s0" for r, s in recipes.RUNS.items() if s.role == "ablation"]
+    assert len(cells) == 5 * 3 + 5 + 1 and len(set(cells)) == len(cells)
+    assert parse_cell("fixed_1.25_s2").run == "fixed_1.25" and parse_cell("elastic_s1").seed == 1
+    for bad in ("elastic", "fixed_2.00_s0", "elastic_sx"):
+        with pytest.raises(ValueError, match="not a benchmark cell"):
+            parse_cell(bad)
 
 
+# ----------------------------------------------------------------------------- statistics
+def _row(ap: float, gflops: float, replicas, n: int = 4) -> dict:
+    return {"AP": ap, "gflops": gflops, "gflops_per_image": [gflops] * n,
+            "bootstrap_ap": list(replicas)}
+
+
+def test_compute_saved_is_read_off_the_interpolated_front_per_replica():
+    index = bootstrap_indices(4, 3, 0)
+    front = [_row(0.10, 1.0, [0.10] * 3), _row(0.20, 2.0, [0.20] * 3),
+             _row(0.30, 4.0, [0.30] * 3)]
+    # the front reaches AP 0.25 at 3 GFLOPs (halfway from 2 to 4): 1 - 2.4 / 3 = 20 % saved;
+    # at 2.4 GFLOPs it scores 0.22: +0.03 AP. Replica 1: above the front's best (never
+    # reached: +inf); replica 2: below its cheapest point (reached at 1 GFLOP: -140 %).
+    model = _row(0.25, 2.4, [0.25, 0.35, 0.05])
+    c = compare_rows(model, front, index)
+    assert c["compute_saved"] == pytest.approx(0.2)
+    assert c["ap_gain"] == pytest.approx(0.03)
+    assert c["baseline_gflops_at_equal_ap"] == pytest.approx(3.0)
+    saved = c["replicas"]["compute_saved"]
+    assert saved[0] == pytest.approx(0.2) and np.isinf(saved[1]) and saved[2] == pytest.approx(-1.4)
+    assert interval(saved) == [pytest.approx(-1.4), np.inf]
+    assert compare_rows(_row(0.40, 2.0, [0.4] * 3), front, index)["compute_saved"] == np.inf
+
+
+def test_replica_gflops_follow_the_resampled_images():
+    index = np.array([[0, 0, 0, 0], [1, 1, 2, 3]])
+    model = {"AP": 0.2, "gflops": 2.5, "gflops_per_image": [1.0, 2.0, 3.0, 4.0],
+             "bootstrap_ap": [0.2, 0.2]}
+    front = [_row(0.1, 1.0, [0.1, 0.1]), _row(0.3, 3.0, [0.3, 0.3])]
+    saved = compare_rows(model, front, index)["replicas"]["compute_saved"]
+    assert saved == pytest.approx([1 - 1.0 / 2.0, 1 - 2.75 / 2.0])  # mean GFLOPs 1 and 2.75
+
+
+def test_paired_replicas_cancel_what_the_rows_share():
+    """A model equal to a front point saves exactly 0 on every replica when the replicas are
+    paired (the same resample everywhere); shuffling one row's replicas (unpaired) does not."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0.0, 0.02, 200)  # the resample's effect, common to every row
+    index = bootstrap_indices(4, 200, 0)
+    front = [_row(a, g, a + shared) for a, g in ((0.1, 1.0), (0.2, 2.0), (0.3, 4.0))]
+    paired = compare_rows(_row(0.2, 2.0, 0.2 + shared), front, index)
+    assert np.allclose(paired["replicas"]["compute_saved"], 0.0)
+    unpaired = compare_rows(_row(0.2, 2.0, 0.2 + rng.permutation(shared)), front, index)
+    lo, hi = interval(unpaired["replicas"]["compute_saved"])
+    assert lo < -0.05 and hi > 0.05
+
+
+def test_cells_of_other_resamples_cannot_be_paired():
+    ev = {"image_ids": [1, 2, 3], "bootstrap": {"replicas": 5, "seed": 0}}
+    cells = {"a_s0": {"evaluation": ev}, "b_s0": {"evaluation": ev}}
+    assert (replica_index(cells) == bootstrap_indices(3, 5, 0)).all()
+    cells["b_s0"] = {"evaluation": {**ev, "bootstrap": {"replicas": 5, "seed": 1}}}
+    with pytest.raises(ValueError, match="cannot be paired"):
+        replica_index(cells)
+
+
+# ----------------------------------------------------------------------------- smoke pipeline
 @pytest.fixture(scope="module")
-def smoke_bench(tmp_path_factory):
+def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     assert main(["bench", "--smoke", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    return out, bench.smoke_options(str(out))
 
 
-def test_bench_smoke_trains_every_run_with_the_same_budget(smoke_bench):
-    results = json.loads((smoke_bench / "results.json").read_text())
-    runs = results["runs"]
-    assert list(runs) == ["fixed", "multiscale", "elastic", "elastic_no_scale_loss",
-                          "elastic_tau_max_1.25"]
-    opts = {n: json.loads((smoke_bench / "runs" / n / "options.json").read_text())
-            for n in runs}
-    for key in ("max_steps", "batch_size", "seed", "base_size"):
-        values = {json.dumps(_find(o, key)) for o in opts.values()}
-        assert len(values) == 1, (key, values)
-    assert _find(opts["elastic_no_scale_loss"], "use_scale_loss") is False
-    assert _find(opts["elastic"], "use_scale_loss") is True
-    assert _find(opts["elastic_tau_max_1.25"], "tau_max") == 1.25
-    assert results["settings"]["split"] == "test"
-
-
-def _find(tree, key):
-    """The value of ``key`` anywhere in a nested options dict."""
-    if isinstance(tree, dict):
-        if key in tree:
-            return tree[key]
-        for v in tree.values():
-            found = _find(v, key)
-            if found is not None:
-                return found
-    return None
-
-
-def test_bench_smoke_points_comparisons_and_report(smoke_bench):
-    results = json.loads((smoke_bench / "results.json").read_text())
-    runs = results["runs"]
-    for name in ("fixed", "multiscale"):
-        pts = runs[name]["points"]
-        assert [p["scale"] for p in pts] == [0.75, 1.0]
-        assert pts[0]["gflops"] < pts[1]["gflops"] and pts[0]["predictor_gflops"] == 0.0
-    elastic = runs["elastic"]["points"][0]
-    assert elastic["scale"] is None and elastic["predictor_gflops"] > 0
-    assert elastic["gflops"] > elastic["predictor_gflops"]
-    for name in ("multiscale", "fixed"):  # each comparison read off the points it compares
-        c, base = results["comparisons"][name], runs[name]["points"]
-        assert c["baseline_best_ap"] == max(p["AP"] for p in base)
-        reached = [p for p in base if p["AP"] >= elastic["AP"]]
-        if reached:
-            hit = min(reached, key=lambda p: p["scale"])
-            assert c["lowest_scale_reaching_elastic_ap"] == hit["scale"]
-            assert c["compute_saved"] == pytest.approx(1 - elastic["gflops"] / hit["gflops"])
+def test_smoke_bench_writes_one_small_file_per_cell(smoke):
+    out, opts = smoke
+    cells = read_cells(out / "cells")
+    assert sorted(cells) == sorted(bench.expected_cells(opts))
+    for name, cell in cells.items():
+        assert (out / "cells" / f"{name}.json").stat().st_size < 150_000
+        assert cell["machine"]["cpu"] and cell["machine"]["torch"] and cell["split"] == "test"
+        if name == LATENCY:
+            continue
+        c = parse_cell(name)
+        assert cell["recipe"] == json.loads(json.dumps(recipes.smoke_recipe_config(
+            c.run, c.seed, str(out / "runs" / name), opts.data, "cpu").to_dict()))
+        assert cell["training"]["steps"] == recipes.SMOKE_STEPS
+        rows = cell["rows"]
+        assert list(rows["sweep"]) == ["0.75", "1", "1.25"]
+        for key in ("loss_optimal", "ap_optimal"):
+            assert len(rows[key]["bootstrap_ap"]) == opts.replicas
+        assert len(rows["sweep"]["1"]["bootstrap_ap"]) == opts.replicas
+        mode = recipes.RUNS[c.run].mode
+        if mode == "fixed":
+            assert rows["own"] == rows["sweep"][f"{recipes.RUNS[c.run].fixed_phi:g}"]
+        elif mode == "multiscale":
+            assert "own" not in rows
+            assert all("bootstrap_ap" in r for r in rows["sweep"].values())
         else:
-            assert c["lowest_scale_reaching_elastic_ap"] is None and c["compute_saved"] is None
-        gflops, aps = zip(*sorted((p["gflops"], p["AP"]) for p in base))
-        assert c["ap_gain_at_equal_gflops"] == pytest.approx(
-            elastic["AP"] - np.interp(elastic["gflops"], gflops, np.maximum.accumulate(aps)))
-    seed = results["seed_experiments"]
-    assert set(seed["phi_vs_object_size"]) == {"elastic", "elastic_no_scale_loss",
-                                               "elastic_tau_max_1.25"}
-    for t in seed["phi_vs_object_size"].values():
-        assert len(t["phi"]) == len(t["median_side"]) > 0
-    assert [r["tau_max"] for r in seed["tau_max_sweep"]] == [1.25, 1.5]
-    md = (smoke_bench / "results.md").read_text()
-    for name in runs:
-        assert f"| {name} |" in md
-    assert "Compute saved" in md and "Speed against Hugging Face" in md
-    html = (smoke_bench / "figures.html").read_text()
-    assert html.count("plotly-graph-div") >= 4
-    assert set(results["figures"]) == {"pareto_gflops", "pareto_ms", "phi_vs_object_size",
-                                       "ap_by_size"}
+            own = rows["own"]
+            assert own["predictor_gflops"] > 0
+            assert own["gflops"] == pytest.approx(own["detector_gflops"] + own["predictor_gflops"],
+                                                  abs=1e-3)
+            assert len(cell["elastic"]["phi_vs_size"]["phi"]) == opts.eval_images
+            assert 0 < cell["elastic"]["predictor_share"] < 1
 
 
-def test_bench_reuses_finished_runs(smoke_bench):
-    ckpts = sorted((smoke_bench / "runs").glob("*/checkpoint.pt"))
-    before = {p: p.stat().st_mtime_ns for p in ckpts}
-    first = json.loads((smoke_bench / "results.json").read_text())["runs"]
-    assert main(["bench", "--smoke", "--out", str(smoke_bench), "--device", "cpu",
-                 "--compare-hf", "no"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in ckpts} == before
-    results = json.loads((smoke_bench / "results.json").read_text())
-    # a reused run reports the training time of the run that made it, not the reuse time
-    assert {n: r["train_seconds"] for n, r in results["runs"].items()} == \
-        {n: r["train_seconds"] for n, r in first.items()}
-    assert results["speed_vs_hf"] == {"skipped": "--compare-hf no"}
-    assert "Not measured: --compare-hf no" in markdown(results)
+def _smoke_model(out, opts, cell):
+    model, meta = load_model(out / "runs" / cell / "checkpoint.pt", "cpu")
+    image_dir, ann = split_paths(opts.data, "test")
+    return model, meta, first_images(CocoDetection(image_dir, ann, categories=meta["categories"]),
+                                     opts.eval_images)
+
+
+def test_smoke_rows_are_the_package_oracles_on_the_shared_resamples(smoke):
+    out, opts = smoke
+    cells = read_cells(out / "cells")
+    for name in ("fixed_1.00_s0", "elastic_s0"):
+        model, meta, ds = _smoke_model(out, opts, name)
+        rows = cells[name]["rows"]
+        assert rows["loss_optimal"]["AP"] == pytest.approx(
+            loss_optimal(model, ds, loss_options_of(model, meta))["AP"], abs=1e-5)
+        assert rows["ap_optimal"]["AP"] == pytest.approx(
+            ap_optimal(model, ds, opts.scales)["AP"], abs=1e-5)
+    model, _, ds = _smoke_model(out, opts, "fixed_1.00_s0")
+    index = bootstrap_indices(len(ds), opts.replicas, 0)
+    expected = SubsetAP(ds, detect_at(model, ds, [1.0] * len(ds))).bootstrap(index)
+    assert cells["fixed_1.00_s0"]["rows"]["own"]["bootstrap_ap"] == pytest.approx(expected,
+                                                                                 abs=1e-5)
+    assert (replica_index({n: c for n, c in cells.items() if n != LATENCY}) == index).all()
+
+
+def test_smoke_latency_is_paired_and_set_beside_the_flops(smoke):
+    out, opts = smoke
+    lat = json.loads((out / "cells" / "latency.json").read_text())
+    assert (lat["model"], lat["reference"]) == ("elastic_s0", "fixed_1.00_s0")
+    assert lat["images"] == len(lat["per_image"]) == opts.latency_images
+    assert lat["repeats"] == opts.latency_repeats and lat["batch_size"] == 1
+    ratios = [r["ratio"] for r in lat["per_image"]]
+    assert lat["median_ratio"] == pytest.approx(float(np.median(ratios)), abs=1e-4)
+    assert lat["latency_saved"] == pytest.approx(1 - lat["median_ratio"], abs=1e-4)
+    flops = 1 - sum(r["gflops"] for r in lat["per_image"]) / sum(
+        r["reference_gflops"] for r in lat["per_image"])
+    assert lat["flops_saved"] == pytest.approx(flops, abs=1e-3)
+
+
+def test_smoke_report_is_a_function_of_the_cell_files(smoke):
+    out, _ = smoke
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == [] and results["stale"] == []
+    assert [t["name"] for t in results["targets"]] == ["fixed_front", "multiscale", "latency",
+                                                       "predictor"]
+    head = results["headline"]["fixed_front"]["compute_saved"]
+    assert head["seeds"] == [0] and len(head["interval"]) == 2
+    md = (out / "results.md").read_text()
+    for section in ("## Headline", "## Targets of issue 16", "## Oracles", "## Ablations",
+                    "## Latency", "**Best single fixed resolution**", "Missing cells (0 of 7)"):
+        assert section in md, section
+    assert (out / "figures.html").read_text().count("plotly-graph-div") >= 4
+    before = (out / "results.json").read_text()
+    (out / "results.json").unlink()
+    assert main(["bench", "--smoke", "--out", str(out), "--report-only"]) == 0
+    assert (out / "results.json").read_text() == before
+
+
+def test_a_cell_with_a_file_is_not_retrained_and_one_without_is_only_evaluated(smoke,
+                                                                                monkeypatch):
+    out, _ = smoke
+    ckpts = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoint.pt")}
+    with monkeypatch.context() as m:
+        m.setattr(bench, "run_cell", lambda *a: pytest.fail(f"run_cell{a[1:]} called"))
+        assert main(["bench", "--smoke", "--out", str(out), "--device", "cpu"]) == 0
+    (out / "cells" / "fixed_1.25_s0.json").unlink()
+    calls = []
+    real_train = experiments.train
+    monkeypatch.setattr(experiments, "train", lambda c: calls.append(c) or real_train(c))
+    assert main(["bench", "--smoke", "--out", str(out), "--device", "cpu",
+                 "--cells", "fixed_1.25_s0,elastic_s0"]) == 0
+    assert calls == [] and (out / "cells" / "fixed_1.25_s0.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
+
+
+def test_a_stopped_cell_run_resumes_instead_of_restarting(tmp_path, synth_dir, monkeypatch):
+    config = recipes.smoke_recipe_config("fixed_1.00", 0, str(tmp_path / "run"), str(synth_dir),
+                                         "cpu")
+    config = replace(config, train=replace(config.train, max_steps=4, pool_batches=1))
+    real_save = train_module.save_run_checkpoint
+
+    def save_then_stop(path, state, **kw):
+        real_save(path, state, **kw)
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "save_run_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train_cell(config)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert load_checkpoint(ckpt)["step"] == 2
+    partial = json.loads((tmp_path / "run" / experiments.RUN_STAMP).read_text())
+    assert "seconds" not in partial and partial["partial_seconds"] > 0
+    resumed = []
+    real_train = experiments.train
+    monkeypatch.setattr(experiments, "train", lambda c: resumed.append(c.resume) or real_train(c))
+    _, summary = train_cell(config)
+    assert resumed == [True] and summary["steps"] == 4 == load_checkpoint(ckpt)["step"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert trained_seconds(ckpt) >= partial["partial_seconds"]
+    train_cell(config)  # finished: reused, not trained again
+    assert resumed == [True]
+
+
+# ----------------------------------------------------------------------------- empty / stale
+def test_the_report_of_an_empty_benchmark_lists_every_missing_cell(tmp_path):
+    results = write_report(tmp_path, all_cells(), png=False)
+    assert results["missing"] == all_cells() and results["headline"] is None
+    md = (tmp_path / "results.md").read_text()
+    assert "No (run, seed) cell has been trained yet" in md
+    assert f"Missing cells ({len(all_cells())} of {len(all_cells())})" in md
+    assert all(f"`{c}`" in md for c in all_cells())
+
+
+def test_a_cell_of_an_older_recipe_is_flagged(smoke):
+    out, _ = smoke
+    cells = read_cells(out / "cells")
+    assert stale_cells(cells) == []
+    cells["elastic_s0"] = {**cells["elastic_s0"], "recipe": {
+        **cells["elastic_s0"]["recipe"], "train": {**cells["elastic_s0"]["recipe"]["train"],
+                                                   "lr": 1.0}}}
+    assert stale_cells(cells) == ["elastic_s0"]

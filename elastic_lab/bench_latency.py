@@ -1,0 +1,99 @@
+"""The benchmark's latency cell: the elastic model against the fixed detector, paired.
+
+On a noisy, shared machine two latencies measured minutes apart are not comparable. Here both
+models run in one process, interleaved: for every image of a fixed subset of the report split
+(batch 1), each repeat times one call of each model, in alternating order; the per-image
+median times give a per-image ratio (elastic / fixed), and the overall median of those ratios
+has a bootstrap interval over the images (scipy.stats.bootstrap). The latency saving
+1 − median ratio is set beside the FLOPs saving on the same images (the elastic GFLOPs include
+the predictor), and their ratio is the issue's "latency saving ≥ 0.8 × the FLOPs saving".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .flops import FlopTable, measure_latency_ms
+from .oracles import image_sizes
+from .runtime import autocast_context
+
+
+def subset_positions(num_items: int, count: int) -> list[int]:
+    """``count`` positions spread evenly over ``num_items`` items (the first and last
+    included): a fixed subset, the same in every run."""
+    count = min(count, num_items)
+    return sorted({int(x) for x in np.rint(np.linspace(0, num_items - 1, count))})
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """One timed call (synchronised on CUDA) in milliseconds."""
+    return measure_latency_ms(fn, warmup=0, repeats=1, device=device)
+
+
+def median_interval(values: np.ndarray, level: float = 0.95, seed: int = 0
+                    ) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the median of ``values`` (None for < 2 values)."""
+    values = np.asarray(values, np.float64)
+    if values.size < 2 or np.ptp(values) == 0:
+        v = float(values[0]) if values.size else None
+        return v, v
+    res = stats.bootstrap((values,), np.median, n_resamples=2000, confidence_level=level,
+                          method="percentile", random_state=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+@torch.inference_mode()
+def paired_latency(model, reference, dataset, images: int = 30, repeats: int = 20,
+                   warmup: int = 2, amp: bool = False, flops=None, reference_flops=None
+                   ) -> dict:
+    """``model`` (e.g. elastic at its predicted φ) against ``reference`` (e.g. fixed at its
+    own φ) on ``images`` evenly spread items of ``dataset``, ``repeats`` interleaved calls
+    each (see the module docstring). Both models must sit on the same device. ``flops`` /
+    ``reference_flops``: FlopTable-like counters to use (default: new FlopTables)."""
+    device = next(model.parameters()).device
+    flops_m, flops_r = flops or FlopTable(model), reference_flops or FlopTable(reference)
+    positions = subset_positions(len(dataset), images)
+    orig = image_sizes(dataset)
+    rows = []
+    with autocast_context(device, amp):
+        for i in positions:
+            image = dataset[i][0].to(device)
+            calls = (lambda x=image: model.detect([x]), lambda x=image: reference.detect([x]))
+            for _ in range(warmup):
+                for call in calls:
+                    call()
+            times: tuple[list[float], list[float]] = ([], [])
+            for r in range(repeats):
+                order = (0, 1) if r % 2 == 0 else (1, 0)
+                for k in order:
+                    times[k].append(_timed(calls[k], device))
+            phi = float(model.predict_phi([image])[0])
+            size_m = model.sizes([orig[i]], torch.tensor([phi]))[0]
+            size_r = reference.sizes([orig[i]], torch.tensor([reference.fixed_phi]))[0]
+            g_m = flops_m.detector(*size_m) + flops_m.predictor(*orig[i])
+            g_r = flops_r.detector(*size_r) + flops_r.predictor(*orig[i])
+            ms_m, ms_r = float(np.median(times[0])), float(np.median(times[1]))
+            rows.append({"position": i, "image_id": int(dataset.ids[i]), "phi": round(phi, 4),
+                         "ms": round(ms_m, 3), "reference_ms": round(ms_r, 3),
+                         "ratio": round(ms_m / ms_r, 5), "gflops": round(g_m, 4),
+                         "reference_gflops": round(g_r, 4)})
+    ratios = np.array([r["ratio"] for r in rows])
+    median = float(np.median(ratios))
+    low, high = median_interval(ratios)
+    flops_saved = 1.0 - sum(r["gflops"] for r in rows) / sum(r["reference_gflops"] for r in rows)
+    latency_saved = 1.0 - median
+    return {"images": len(rows), "repeats": repeats, "warmup": warmup, "batch_size": 1,
+            "median_ratio": round(median, 5),
+            "median_ratio_interval": [round(low, 5), round(high, 5)],
+            "latency_saved": round(latency_saved, 5),
+            "latency_saved_interval": [round(1 - high, 5), round(1 - low, 5)],
+            "flops_saved": round(flops_saved, 5),
+            "latency_to_flops_saving": (round(latency_saved / flops_saved, 4)
+                                        if abs(flops_saved) > 1e-9 else None),
+            "median_ms": round(float(np.median([r["ms"] for r in rows])), 3),
+            "reference_median_ms": round(float(np.median([r["reference_ms"] for r in rows])), 3),
+            "per_image": rows}

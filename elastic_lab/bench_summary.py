@@ -1,0 +1,295 @@
+"""The benchmark's results (``results.json``), assembled from the committed cell files alone.
+
+:func:`summarize` reads every ``<run>_s<seed>`` cell and the latency cell and returns the
+headline (compute saved at equal AP and AP gain at equal GFLOPs against the fixed-resolution
+front and against multi-scale, paired intervals, spread over seeds), the best single fixed
+resolution, the detectors' own rows, the oracle table, where the elastic model's gap comes
+from, the ablations, the latency cell and the issue's targets, plus the cells still missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from . import recipes
+from .ap_subsets import COCO_KEYS
+from .bench_cells import FIXED_FRONT, LATENCY, parse_cell
+from .bench_eval import scale_key
+from .bench_stats import (
+    compare_rows,
+    mean_sd,
+    paired_difference,
+    replica_index,
+    seed_summary,
+    target_check,
+)
+
+# issue 16's targets
+FIXED_SAVING, MULTISCALE_SAVING, LATENCY_RATIO, PREDICTOR_SHARE = 0.15, 0.26, 0.8, 0.05
+ORACLE_COLUMNS = ("own", "phi1", "loss_optimal", "ap_optimal")
+
+
+def by_run(cells: Mapping[str, Mapping]) -> dict[str, dict[int, Mapping]]:
+    """{run: {seed: cell}} of the (run, seed) cells."""
+    out: dict[str, dict[int, Mapping]] = {}
+    for name, cell in cells.items():
+        if name != LATENCY:
+            c = parse_cell(name)
+            out.setdefault(c.run, {})[c.seed] = cell
+    return out
+
+
+def column(cell: Mapping, key: str) -> Mapping | None:
+    """A row of a cell by oracle-table column: own, phi1 (the sweep at φ = 1), loss_optimal,
+    ap_optimal (None when the cell has no such row)."""
+    rows = cell["rows"]
+    if key == "phi1":
+        return rows["sweep"].get(scale_key(1.0))
+    return rows.get(key)
+
+
+def baselines(runs: Mapping[str, Mapping[int, Mapping]], seed: int) -> dict[str, list]:
+    """The baseline fronts at ``seed`` that are complete: the fixed front's own rows and the
+    multi-scale sweep."""
+    out = {}
+    if all(seed in runs.get(r, {}) for r in FIXED_FRONT):
+        out["fixed_front"] = [runs[r][seed]["rows"]["own"] for r in FIXED_FRONT]
+    if seed in runs.get("multiscale", {}):
+        out["multiscale"] = list(runs["multiscale"][seed]["rows"]["sweep"].values())
+    return out
+
+
+def headline(runs: Mapping, index: np.ndarray, model_run: str = "elastic") -> dict:
+    """Compute saved and AP gain of ``model_run`` against each baseline front, per seed and
+    over seeds."""
+    out = {}
+    for base in ("fixed_front", "multiscale"):
+        per_seed = {}
+        for seed, cell in sorted(runs.get(model_run, {}).items()):
+            fronts = baselines(runs, seed)
+            if base in fronts:
+                per_seed[seed] = compare_rows(cell["rows"]["own"], fronts[base], index)
+        out[base] = {
+            "compute_saved": seed_summary({s: c["compute_saved"] for s, c in per_seed.items()},
+                                          {s: c["replicas"]["compute_saved"]
+                                           for s, c in per_seed.items()}),
+            "ap_gain": seed_summary({s: c["ap_gain"] for s, c in per_seed.items()},
+                                    {s: c["replicas"]["ap_gain"] for s, c in per_seed.items()}),
+            "details": {str(s): {k: v for k, v in c.items() if k != "replicas"}
+                        for s, c in per_seed.items()}}
+    return out
+
+
+def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
+    """The single fixed resolution with the best mean AP, and elastic against it (AP
+    difference and GFLOPs ratio, paired, per seed)."""
+    means = {r: np.mean([c["rows"]["own"]["AP"] for c in runs[r].values()])
+             for r in FIXED_FRONT if runs.get(r)}
+    if not means:
+        return None
+    best = max(means, key=means.get)
+    diff, ratio = {}, {}
+    for seed, cell in runs.get("elastic", {}).items():
+        if seed in runs[best]:
+            diff[seed] = paired_difference(cell["rows"]["own"], runs[best][seed]["rows"]["own"],
+                                           index)
+            ratio[seed] = paired_difference(cell["rows"]["own"], runs[best][seed]["rows"]["own"],
+                                            index, "gflops_ratio")
+    return {"run": best, "phi": recipes.RUNS[best].fixed_phi, "mean_ap": float(means[best]),
+            "mean_ap_by_run": {r: float(v) for r, v in means.items()},
+            "elastic_ap_minus_best": seed_summary({s: v for s, (v, _) in diff.items()},
+                                                  {s: r for s, (_, r) in diff.items()}),
+            "elastic_gflops_over_best": seed_summary({s: v for s, (v, _) in ratio.items()},
+                                                     {s: r for s, (_, r) in ratio.items()})}
+
+
+def row_stats(rows: Sequence[Mapping]) -> dict:
+    """Mean ± sd over seeds of a row's metrics, GFLOPs and mean φ."""
+    keys = (*COCO_KEYS, "gflops", "predictor_gflops", "mean_phi")
+    return {k: mean_sd([r[k] for r in rows]) for k in keys}
+
+
+def detectors(runs: Mapping) -> dict:
+    """Every run's own row (multi-scale: its sweep rows) over seeds."""
+    out = {}
+    for run in recipes.RUNS:
+        if not runs.get(run):
+            continue
+        cells = list(runs[run].values())
+        entry = {"seeds": sorted(runs[run]), "role": recipes.RUNS[run].role,
+                 "mode": recipes.RUNS[run].mode}
+        if "own" in cells[0]["rows"]:
+            entry["own"] = row_stats([c["rows"]["own"] for c in cells])
+        entry["sweep"] = {k: row_stats([c["rows"]["sweep"][k] for c in cells])
+                          for k in cells[0]["rows"]["sweep"]}
+        out[run] = entry
+    return out
+
+
+def oracle_table(runs: Mapping, index: np.ndarray) -> dict:
+    """Per detector: AP / GFLOPs / mean φ at own (predicted) φ, φ = 1, φ*, AP-optimal φ, and
+    the AP-optimal oracle's gain over the detector's own choice (φ = 1 for multi-scale)."""
+    out = {}
+    for run in [r for r in recipes.RUNS if r in runs]:
+        seeds = runs[run]
+        cells = [seeds[s] for s in sorted(seeds)]
+        entry = {}
+        for key in ORACLE_COLUMNS:
+            rows = [column(c, key) for c in cells]
+            if all(r is not None for r in rows):
+                entry[key] = {k: mean_sd([r[k] for r in rows])
+                              for k in ("AP", "gflops", "mean_phi")}
+        ref = "own" if "own" in entry else "phi1"
+        gains = {s: paired_difference(column(seeds[s], "ap_optimal"), column(seeds[s], ref),
+                                      index) for s in sorted(seeds)}
+        entry["ap_optimal_gain"] = seed_summary({s: v for s, (v, _) in gains.items()},
+                                                {s: r for s, (_, r) in gains.items()})
+        entry["gain_over"] = ref
+        out[run] = entry
+    return out
+
+
+def _paired(runs: Mapping, a: tuple[str, str], b: tuple[str, str], index: np.ndarray) -> dict:
+    """seed_summary of column a[1] of run a[0] minus column b[1] of run b[0] (seeds with both)."""
+    seeds = sorted(set(runs.get(a[0], {})) & set(runs.get(b[0], {})))
+    d = {s: paired_difference(column(runs[a[0]][s], a[1]), column(runs[b[0]][s], b[1]), index)
+         for s in seeds}
+    return seed_summary({s: v for s, (v, _) in d.items()}, {s: r for s, (_, r) in d.items()})
+
+
+def gap_analysis(runs: Mapping, index: np.ndarray) -> dict | None:
+    """Where the elastic model's AP goes: the oracle gap (AP-optimal − predicted) next to the
+    fixed detector's own gain from that oracle (its optimism), the predictor-fidelity gap
+    (φ* − predicted), the target calibration (φ* − φ = 1), the detector (elastic at
+    φ = 1 − fixed at φ = 1), the share of the φ = 1 → AP-optimal gap that the predicted φ
+    closes, and the predictor's fidelity numbers."""
+    if not runs.get("elastic"):
+        return None
+    el = [runs["elastic"][s] for s in sorted(runs["elastic"])]
+    closes = []
+    for c in el:
+        span = c["rows"]["ap_optimal"]["AP"] - column(c, "phi1")["AP"]
+        if span > 0:
+            closes.append((c["rows"]["own"]["AP"] - column(c, "phi1")["AP"]) / span)
+    fid = [c["elastic"]["fidelity"] for c in el]
+    return {
+        "oracle_gap": _paired(runs, ("elastic", "ap_optimal"), ("elastic", "own"), index),
+        "fixed_oracle_gain": _paired(runs, ("fixed_1.00", "ap_optimal"), ("fixed_1.00", "own"),
+                                     index),
+        "fidelity_gap": _paired(runs, ("elastic", "loss_optimal"), ("elastic", "own"), index),
+        "calibration": _paired(runs, ("elastic", "loss_optimal"), ("elastic", "phi1"), index),
+        "predicted_vs_phi1": _paired(runs, ("elastic", "own"), ("elastic", "phi1"), index),
+        "detector_at_phi1": _paired(runs, ("elastic", "phi1"), ("fixed_1.00", "phi1"), index),
+        "closes_gap_share": mean_sd(closes),
+        "pearson_u": mean_sd([f["pearson_u"] for f in fid if f.get("pearson_u") is not None]),
+        "mae_u": mean_sd([f["mae_u"] for f in fid]),
+        "spearman_phi_vs_median_side": mean_sd(
+            [f["spearman_phi_vs_median_side"] for f in fid
+             if f.get("spearman_phi_vs_median_side") is not None]),
+        "by_regime": fid[0].get("by_regime", {}),
+        "gamma": mean_sd([c["elastic"]["gamma"] for c in el]),
+        "predictor_share": mean_sd([c["elastic"]["predictor_share"] for c in el]),
+    }
+
+
+def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
+    """Seed-0 elastic and every ablation: own row, γ, fidelity, AP against elastic (paired) and
+    compute saved against both fronts of the same seed."""
+    out = []
+    for run, spec in recipes.RUNS.items():
+        if spec.mode != "elastic" or not runs.get(run):
+            continue
+        seed = min(runs[run])
+        cell = runs[run][seed]
+        own = cell["rows"]["own"]
+        entry = {"run": run, "seed": seed, "note": spec.note, "tau_max": spec.tau_max,
+                 **{k: own[k] for k in ("AP", "AP50", "APs", "APl", "gflops", "mean_phi")},
+                 "gamma": cell["elastic"]["gamma"],
+                 "pearson_u": cell["elastic"]["fidelity"].get("pearson_u"),
+                 "spearman": cell["elastic"]["fidelity"].get("spearman_phi_vs_median_side")}
+        if run != "elastic" and seed in runs.get("elastic", {}):
+            v, r = paired_difference(own, runs["elastic"][seed]["rows"]["own"], index)
+            entry["ap_minus_elastic"] = seed_summary({seed: v}, {seed: r})
+        for base, rows in baselines(runs, seed).items():
+            c = compare_rows(own, rows, index)
+            entry[f"compute_saved_vs_{base}"] = seed_summary(
+                {seed: c["compute_saved"]}, {seed: c["replicas"]["compute_saved"]})
+        out.append(entry)
+    return out
+
+
+def targets(head: Mapping | None, gap: Mapping | None, latency: Mapping | None) -> list[dict]:
+    """Issue 16's targets, each met / not met / not measurable yet."""
+    none = {"mean": None, "interval": None}
+    fixed = none if head is None else head["fixed_front"]["compute_saved"]
+    multi = none if head is None else head["multiscale"]["compute_saved"]
+    lat = None if latency is None else latency.get("latency_to_flops_saving")
+    share = None if gap is None else gap["predictor_share"]["mean"]
+    low = fixed["interval"][0] if fixed["interval"] else None
+    return [
+        target_check("fixed_front", "elastic reaches the fixed-resolution front's AP at ≤ 0.85× "
+                     "its GFLOPs (compute saved ≥ 15 %), 95 % interval excluding zero saving",
+                     fixed["mean"], fixed["mean"] is not None and fixed["mean"] >= FIXED_SAVING
+                     and low is not None and low > 0, interval=fixed["interval"]),
+        target_check("multiscale", "elastic reaches multi-scale's AP at ≤ 0.74× its GFLOPs "
+                     "(compute saved ≥ 26 %)", multi["mean"],
+                     multi["mean"] is not None and multi["mean"] >= MULTISCALE_SAVING,
+                     interval=multi["interval"]),
+        target_check("latency", "latency saving ≥ 0.8 × the FLOPs saving (paired, batch 1)",
+                     lat, lat is not None and latency["flops_saved"] > 0
+                     and lat >= LATENCY_RATIO,
+                     flops_saved=None if latency is None else latency["flops_saved"]),
+        target_check("predictor", "predictor ≤ 5 % of the detector's GFLOPs at φ = 1", share,
+                     share is not None and share <= PREDICTOR_SHARE),
+    ]
+
+
+RUN_ONLY = ("data", "out", "device", "amp", "workers", "resume", "max_minutes",
+            "warm_start_cache")  # where and how a run executed, not what it trains
+
+
+def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
+    """Cells whose stored recipe differs from what recipes.py gives today (the recipe was
+    changed after they were trained): delete their files to retrain them."""
+    out = []
+    for name, cell in cells.items():
+        if name == LATENCY or "recipe" not in cell:
+            continue
+        c = parse_cell(name)
+        make = recipes.smoke_recipe_config if cell.get("smoke") else recipes.recipe_config
+        want = {k: v for k, v in make(c.run, c.seed).to_dict().items() if k not in RUN_ONLY}
+        have = {k: v for k, v in cell["recipe"].items() if k not in RUN_ONLY}
+        if json.loads(json.dumps(want)) != have:
+            out.append(name)
+    return out
+
+
+def summarize(cells: Mapping[str, Mapping], expected: Sequence[str]) -> dict:
+    """results.json from the cell files (see the module docstring)."""
+    latency = cells.get(LATENCY)
+    runs = by_run(cells)
+    index = replica_index({n: c for n, c in cells.items() if n != LATENCY})
+    missing = [n for n in expected if n not in cells]
+    out = {"cells": {n: {"machine": c.get("machine"), "training": c.get("training"),
+                         "evaluation_seconds": c.get("evaluation_seconds")}
+                     for n, c in cells.items()},
+           "missing": missing, "stale": stale_cells(cells), "latency": None if latency is None else
+           {k: v for k, v in latency.items() if k != "per_image"}}
+    if index is None:
+        out.update({"headline": None, "targets": targets(None, None, out["latency"]),
+                    "ablations": [], "oracles": {},
+                    "detectors": {}, "gap": None, "best_fixed": None})
+        return out
+    head = headline(runs, index)
+    gap = gap_analysis(runs, index)
+    out.update({"headline": head, "best_fixed": best_fixed(runs, index),
+                "detectors": detectors(runs), "oracles": oracle_table(runs, index),
+                "gap": gap, "ablations": ablations(runs, index),
+                "targets": targets(head, gap, out["latency"]),
+                "replicas": int(index.shape[0]), "num_images": int(index.shape[1]),
+                "num_scales": len(next(c for n, c in cells.items()
+                                       if n != LATENCY)["evaluation"]["scales"])})
+    return out
