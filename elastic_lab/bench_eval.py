@@ -7,14 +7,17 @@ Rows (each: COCO AP, AP50, AP75, APs, APm, APl, mean GFLOPs, GFLOPs per image, m
   the AP-optimal oracle for every detector);
 - ``own``: fixed models at their own φ (a sweep point), elastic ones at the predicted φ (GFLOPs
   include the predictor); multi-scale models have none (their sweep is their front);
-- ``loss_optimal``: every image at the scale loss's optimum φ* (fixed and multi-scale models
-  with ``ElasticLossOptions.for_base_size`` at γ = 1, elastic ones with their own loss options
-  and γ); ``ap_optimal``: every image at the sweep's φ that maximises its own AP
-  (oracles.ap_optimal). Oracle GFLOPs are the detector's alone.
+- ``loss_optimal``: every image at the scale loss's optimum φ* (oracles.loss_optimal_phi;
+  fixed and multi-scale models with ``ElasticLossOptions.for_base_size`` at γ = 1, elastic
+  ones with their own loss options and γ); ``ap_optimal``: every image at the sweep's φ that
+  maximises its own AP (oracles.ap_optimal_phi, on the sweep's detections). These are the
+  choices of oracles.loss_optimal / ap_optimal (tested equal), kept with their detections so
+  that the rows can be bootstrapped. Oracle GFLOPs are the detector's alone.
 
 Rows that a headline or a table reads carry ``bootstrap_ap``: the AP of every resample of
 ``ap_subsets.bootstrap_indices(n, replicas, seed)``, the same resamples in every cell, so that
-cells can be compared replica by replica.
+cells can be compared replica by replica. GFLOPs are counted once per architecture and input
+size (:class:`SharedFlops`).
 """
 
 from __future__ import annotations
