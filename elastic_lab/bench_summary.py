@@ -26,6 +26,7 @@ from .bench_stats import (
     seed_summary,
     target_check,
 )
+from .config import EXECUTION_FIELDS
 
 # issue 16's targets
 FIXED_SAVING, MULTISCALE_SAVING, LATENCY_RATIO, PREDICTOR_SHARE = 0.15, 0.26, 0.8, 0.05
@@ -247,8 +248,6 @@ def targets(head: Mapping | None, gap: Mapping | None, latency: Mapping | None) 
     ]
 
 
-RUN_ONLY = ("data", "out", "device", "amp", "workers", "resume", "max_minutes",
-            "warm_start_cache")  # where and how a run executed, not what it trains
 
 
 def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
@@ -260,8 +259,8 @@ def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
             continue
         c = parse_cell(name)
         make = recipes.smoke_recipe_config if cell.get("smoke") else recipes.recipe_config
-        want = {k: v for k, v in make(c.run, c.seed).to_dict().items() if k not in RUN_ONLY}
-        have = {k: v for k, v in cell["recipe"].items() if k not in RUN_ONLY}
+        want = make(c.run, c.seed).recipe_dict()
+        have = {k: v for k, v in cell["recipe"].items() if k not in EXECUTION_FIELDS}
         if json.loads(json.dumps(want)) != have:
             out.append(name)
     return out

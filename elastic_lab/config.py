@@ -53,6 +53,11 @@ class TrainOptions:
     probe_images: int = 64           # elastic: val images whose predictor fidelity is logged
 
 
+# where and how a run executes (folders, device, precision, loader processes), as opposed to
+# what it trains
+EXECUTION_FIELDS = ("data", "out", "device", "amp", "workers", "resume", "warm_start_cache")
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs.
@@ -91,6 +96,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready), with ``loss`` resolved."""
         return {**asdict(self), "loss": asdict(self.loss_options())}
+
+    def recipe_dict(self) -> dict:
+        """:meth:`to_dict` without :data:`EXECUTION_FIELDS`: what the run trains, not where or
+        how it executed (two configs with equal recipe dicts train the same model)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

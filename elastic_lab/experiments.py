@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import TrainConfig, smoke_config
+from .config import EXECUTION_FIELDS, TrainConfig, smoke_config
 from .data.coco import load_coco, read_annotation_json
 from .data.synth import generate_split
 from .models.build import load_model
@@ -144,11 +144,23 @@ def _stamp(config: TrainConfig) -> dict:
     return {"config": config.to_dict(), "annotations_sha1": digest}
 
 
+def _same_run(done: dict, wanted: dict) -> bool:
+    """Whether a stamp ``done`` records the run of ``wanted``: the same training annotations and
+    the same recipe (config.EXECUTION_FIELDS aside: a run trained with --amp or on another
+    device is the same run)."""
+    def recipe(stamp: dict) -> dict:
+        return {k: v for k, v in json.loads(json.dumps(stamp.get("config") or {})).items()
+                if k not in EXECUTION_FIELDS}
+    return (done.get("annotations_sha1") == wanted["annotations_sha1"]
+            and bool(done.get("config")) and recipe(done) == recipe(wanted))
+
+
 def train_run(config: TrainConfig, reuse: bool = True) -> Path:
     """Train ``config`` and return ``config.out/checkpoint.pt``.
 
-    With ``reuse``, a finished run of exactly the same config (paths made absolute, the loss
-    resolved) and the same training annotation file (SHA-1) in ``config.out`` is returned
+    With ``reuse``, a finished run of the same recipe (the config but its execution fields:
+    device, precision, folders, loader processes; the loss resolved) and the same training
+    annotation file (SHA-1) in ``config.out`` is returned
     without training, and a half-trained one (stopped or killed after its first checkpoint) is
     resumed (``resume=True``: it ends as the uninterrupted run would); otherwise the folder is
     cleared first (metrics.jsonl is appended to, never mixed). A non-empty folder that is not
@@ -164,7 +176,7 @@ def train_run(config: TrainConfig, reuse: bool = True) -> Path:
     wanted = _stamp(config)
     stamp, ckpt = out_dir / RUN_STAMP, out_dir / "checkpoint.pt"
     done = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    same = {k: done.get(k) for k in wanted} == wanted
+    same = _same_run(done, wanted)
     if reuse and same and ckpt.is_file() and "seconds" in done:
         return ckpt
     resume = reuse and same and ckpt.is_file()

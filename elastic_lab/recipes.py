@@ -41,7 +41,7 @@ NUM_QUERIES = 60
 HFLIP = 0.5
 WORKERS = 1
 LOG_EVERY = 50
-AMP = False                      # this CPU has no bf16 units; --amp on GPUs
+AMP = False                      # bf16/fp16 autocast: --amp on GPUs and on CPUs with bf16 units
 ANCHOR_CELLS = 1.6               # pixel-sized detector anchors, every mode
 TAU_MIN, TAU_MAX = 0.5, 1.5
 # the elastic model's predictor and losses

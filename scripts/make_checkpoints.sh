@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Train the shipped checkpoints in checkpoints/ (cards: checkpoints/README.md) from the recipe of
 # elastic_lab/recipes.py (one definition, shared with `make bench` and the notebooks): the runs
-# fixed_1.00, multiscale and elastic at seed 0, same data, detector and budget. A finished run
-# in runs/MODE is kept, a stopped one resumed (experiments.train_run).
+# fixed_1.00, multiscale and elastic at seed 0, same data, detector and budget. They train in the
+# benchmark's cell folders (benchmarks/runs/<run>_s0), so one training serves both: a finished
+# run there is kept, a stopped one resumed (experiments.train_run).
+# Each model is evaluated on the val split; the evaluation files are committed in
+# checkpoints/evals/ (the numbers of checkpoints/README.md and of the README come from them,
+# tests/test_docs.py checks it) and stored as the model card of the exported file.
 # AMP=--amp for mixed precision (CUDA, or CPUs with bf16 units: AMX / AVX-512 BF16);
 # DEVICE=cuda for a GPU.
 # Usage: bash scripts/make_checkpoints.sh [fixed multiscale elastic]
@@ -12,13 +16,25 @@ BIN=.venv/bin
 DATA=${DATA:-data/synth}
 AMP=${AMP:-}
 DEVICE=${DEVICE:-auto}
+RUNS=${RUNS:-benchmarks/runs}
+EVALS=checkpoints/evals
 MODES=${*:-fixed multiscale elastic}
+declare -A CELL=([fixed]=fixed_1.00_s0 [multiscale]=multiscale_s0 [elastic]=elastic_s0)
 [ -f "$DATA/annotations/instances_train.json" ] || \
   $BIN/elastic-lab synth --out "$DATA" --train 2000 --val 300 --test 300 --seed 0
+mkdir -p "$EVALS"
 for mode in $MODES; do
-  $BIN/elastic-lab recipe "$mode" --seed 0 --data "$DATA" --out "runs/$mode" --device "$DEVICE" $AMP
-  $BIN/elastic-lab eval --checkpoint "runs/$mode/checkpoint.pt" --data "$DATA" --split val \
-    --device "$DEVICE" --json "runs/$mode/eval_val.json"
-  $BIN/elastic-lab export --checkpoint "runs/$mode/checkpoint.pt" --half \
-    --card "runs/$mode/eval_val.json" --out "checkpoints/${mode}_synth.pt"
+  run="$RUNS/${CELL[$mode]}"
+  $BIN/elastic-lab recipe "$mode" --seed 0 --data "$DATA" --out "$run" --device "$DEVICE" $AMP
+  # float32 evaluation, at phi = 1 (fixed, multiscale) or the predicted phi (elastic)
+  $BIN/elastic-lab eval --checkpoint "$run/checkpoint.pt" --data "$DATA" --split val \
+    --device "$DEVICE" --json "$EVALS/${mode}_val.json"
+  if [ "$mode" = multiscale ]; then
+    for phi in 0.75 1.25; do
+      $BIN/elastic-lab eval --checkpoint "$run/checkpoint.pt" --data "$DATA" --split val \
+        --scale "$phi" --device "$DEVICE" --json "$EVALS/${mode}_val_phi${phi}.json"
+    done
+  fi
+  $BIN/elastic-lab export --checkpoint "$run/checkpoint.pt" --half \
+    --card "$EVALS/${mode}_val.json" --out "checkpoints/${mode}_synth.pt"
 done

@@ -64,6 +64,10 @@ def test_train_run_reuses_identical_runs_and_refuses_foreign_folders(synth_dir, 
         m.chdir(out)
         rel = train_run(run_config(os.path.relpath(synth_dir, out), ".", "elastic", 2))
     assert rel == ckpt and ckpt.stat().st_mtime_ns == stamp
+    # executed otherwise (precision, loader processes, cache folder): still the same run
+    other = replace(run_config(synth_dir, out, "elastic", 2), amp=True, workers=3,
+                    warm_start_cache=str(tmp_path / "cache"))
+    assert train_run(other) == ckpt and ckpt.stat().st_mtime_ns == stamp
     train_run(run_config(synth_dir, out, "elastic", 1))  # other options: fresh run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # the old rows were not mixed in
