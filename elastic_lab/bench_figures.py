@@ -4,7 +4,7 @@ Written as one HTML file (plotly.js inline once) plus one PNG each where kaleido
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +76,21 @@ def pareto(cells: Mapping[str, Mapping], index: np.ndarray) -> go.Figure:
     return fig
 
 
-def phi_vs_size(cells: Mapping[str, Mapping]) -> go.Figure | None:
-    """Predicted φ and the scale loss's φ* against the median object side (elastic, each seed)."""
+def phi_vs_size(cells: Mapping[str, Mapping], runs: Sequence[str] = ("elastic",)
+                ) -> go.Figure | None:
+    """Predicted φ against the median object side of each test image for every cell of
+    ``runs`` (elastic runs: the main one by default, ablations too when named), plus the scale
+    loss's φ* of the first run's first seed. None when no such cell exists."""
     series = {}
-    for run, seeds in sorted(by_run(cells).items()):
-        if run != "elastic":
-            continue
+    present = by_run(cells)
+    for run in [r for r in runs if present.get(r)]:
+        seeds = present[run]
         for seed, cell in sorted(seeds.items()):
             t = cell["elastic"]["phi_vs_size"]
             sides = [np.nan if v is None else v for v in t["median_side"]]
-            series[f"elastic s{seed}: predicted φ"] = (sides, t["phi"])
-            if seed == min(seeds):
-                series[f"elastic s{seed}: φ* (scale loss)"] = (sides, t["phi_star"])
+            series[f"{run} s{seed}: predicted φ"] = (sides, t["phi"])
+            if not any("φ*" in k for k in series):
+                series[f"{run} s{seed}: φ* (scale loss)"] = (sides, t["phi_star"])
     return viz.phi_size_comparison(series) if series else None
 
 

@@ -2,7 +2,8 @@
 (``make checkpoints``), the benchmark (``make bench``) and the notebooks.
 
 :func:`recipe_config` returns the :class:`~elastic_lab.config.TrainConfig` of a named run at a
-seed; :func:`smoke_recipe_config` the same run with the seconds-long detector of the tests.
+seed; :func:`smoke_recipe_config` the same run with the seconds-long detector of the tests;
+:func:`demo_config` the run cut to a few minutes (notebook 04's live demonstration).
 Every run shares the data, the detector, the budget and the optimisation below; a run differs
 from the others only in what it is named after (:data:`RUNS`). The values are the module's
 constants, so that changing the recipe is an edit of this file alone.
@@ -139,6 +140,22 @@ def smoke_recipe_config(run: str, seed: int = 0, out: str | None = None, data: s
     loss = replace(full.loss, **{k: getattr(ElasticLossOptions.for_base_size(model.base_size), k)
                                  for k in ("b_s", "b_l")})
     return replace(full, model=model, train=opts, loss=loss, workers=0)
+
+
+def demo_config(run: str, steps: int, warm_start_steps: int, seed: int = 0,
+                out: str | None = None, data: str = DATA, device: str = "auto",
+                amp: bool = AMP, smoke: bool = False) -> TrainConfig:
+    """The named run of the recipe (the smoke recipe with ``smoke``) cut to a demonstration:
+    ``steps`` detector steps, at most ``warm_start_steps`` predictor warm-start steps, the
+    learning-rate warmup at most a tenth of the steps, ten metrics rows and a fidelity probe of
+    at most 16 images. Everything else is the benchmark cell's recipe; its numbers show what a
+    run logs, not a result (notebook 04 reads those from the cells)."""
+    full = (smoke_recipe_config if smoke else recipe_config)(run, seed, out, data, device, amp)
+    t = full.train
+    train = replace(t, max_steps=steps, pretrain_steps=min(t.pretrain_steps, warm_start_steps),
+                    warmup_steps=min(t.warmup_steps, max(1, steps // 10)),
+                    log_every=max(1, steps // 10), probe_images=min(t.probe_images, 16))
+    return replace(full, train=train)
 
 
 def _spec(run: str) -> RunSpec:
