@@ -7,10 +7,9 @@ Shared by the notebooks and the benchmark (``elastic-lab bench``):
 - runs: :func:`budget_config` (a run bounded by its number of steps), :func:`train_run`
   (train a :class:`~elastic_lab.config.TrainConfig`, or reuse the finished run of the same
   config), :func:`trained_seconds`, :func:`load_or_train` (a shipped checkpoint, or a tiny
-  model trained for a few steps when the file is missing);
-- :func:`comparison_runs`: the paper's comparison at one training budget (fixed, multi-scale,
-  elastic, elastic without the scale loss, a tau_max sweep), the runs of ``make bench`` and of
-  notebook 04, so that either reuses the other's runs.
+  model trained for a few steps when the file is missing).
+
+The named runs of the benchmark and the shipped checkpoints are :mod:`elastic_lab.recipes`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -238,46 +237,3 @@ def load_or_train(checkpoint: str | os.PathLike | None, mode: str, data_dir: str
     else:
         note = f"loaded {mode} checkpoint {path} (step {ckpt.get('step', '?')})"
     return LoadedModel(model, ckpt, Path(path), missing, note)
-
-
-# ----------------------------------------------------------------------------- the comparison
-@dataclass
-class ExperimentRun:
-    """One run of the comparison."""
-
-    name: str
-    role: str                    # baseline | elastic | ablation | sweep
-    config: TrainConfig
-
-    @property
-    def mode(self) -> str:
-        return self.config.model.mode
-
-    @property
-    def tau_max(self) -> float:
-        return self.config.model.tau_max
-
-
-def comparison_runs(base: TrainConfig, runs_dir: str | os.PathLike,
-                    tau_max_sweep: Sequence[float] = ()) -> list[ExperimentRun]:
-    """The paper's comparison at one budget, every run ``base`` (with ``max_steps`` set) in
-    ``runs_dir/NAME``: the baselines "fixed" and "multiscale", "elastic",
-    "elastic_no_scale_loss" (the ablation of L_scale) and "elastic_tau_max_T" for every T of
-    ``tau_max_sweep`` other than base's tau_max."""
-    runs_dir = Path(runs_dir)
-
-    def run(name: str, role: str, mode: str, tau_max: float | None = None,
-            use_scale_loss: bool = True) -> ExperimentRun:
-        config = budget_config(base, runs_dir / name, mode)
-        if tau_max is not None:
-            config.model.tau_max = tau_max
-        config.loss = replace(base.loss_options(), use_scale_loss=use_scale_loss)
-        return ExperimentRun(name, role, config)
-
-    runs = [run("fixed", "baseline", "fixed"), run("multiscale", "baseline", "multiscale"),
-            run("elastic", "elastic", "elastic"),
-            run("elastic_no_scale_loss", "ablation", "elastic", use_scale_loss=False)]
-    for t in tau_max_sweep:
-        if abs(t - base.model.tau_max) > 1e-9:
-            runs.append(run(f"elastic_tau_max_{t:g}", "sweep", "elastic", tau_max=t))
-    return runs

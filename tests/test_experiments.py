@@ -1,9 +1,8 @@
-"""experiments.py: data preparation, runs trained or reused from a TrainConfig, hold-out splits,
-and the comparison runs shared by the benchmark and notebook 04."""
+"""experiments.py: data preparation, runs trained or reused from a TrainConfig, hold-out splits."""
 import json
 import os
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from elastic_lab.data.coco import CocoDetection
 from elastic_lab.experiments import (
     budget_config,
     coco_size_counts,
-    comparison_runs,
     ensure_synth,
     first_images,
     holdout_split,
@@ -102,30 +100,6 @@ def test_budget_config_bounds_a_run_by_its_steps_alone():
     assert budget_config(base, "x").train.max_steps == 7
     with pytest.raises(ValueError, match="max_steps"):
         budget_config(smoke_config("d", "o", max_steps=None), "x")
-
-
-def test_comparison_runs_differ_only_in_what_they_compare(tmp_path):
-    base = smoke_config("d", "o", max_steps=5)
-    base.model.tau_max = 1.5
-    runs = comparison_runs(base, tmp_path, tau_max_sweep=(1.25, 1.5, 2.0))
-    assert [r.name for r in runs] == ["fixed", "multiscale", "elastic", "elastic_no_scale_loss",
-                                      "elastic_tau_max_1.25", "elastic_tau_max_2"]
-    assert [r.role for r in runs] == ["baseline", "baseline", "elastic", "ablation", "sweep",
-                                      "sweep"]
-    assert [r.mode for r in runs] == ["fixed", "multiscale"] + ["elastic"] * 4
-    assert [r.tau_max for r in runs] == [1.5, 1.5, 1.5, 1.5, 1.25, 2.0]
-    assert [r.config.loss.use_scale_loss for r in runs] == [True, True, True, False, True, True]
-    for r in runs:
-        assert r.config.out == str(tmp_path / r.name) and r.config.train.max_steps == 5
-        same = r.config.to_dict()
-        same.pop("out")
-        same["model"].pop("mode"), same["model"].pop("tau_max"), same["loss"].pop("use_scale_loss")
-        ref = runs[0].config.to_dict()
-        ref.pop("out")
-        ref["model"].pop("mode"), ref["model"].pop("tau_max"), ref["loss"].pop("use_scale_loss")
-        assert same == ref, r.name
-    # the loss is the command line's default at the base size (boundaries scaled to 64 px)
-    assert asdict(runs[2].config.loss)["b_l"] == pytest.approx(96 * 64 / 800)
 
 
 def test_load_or_train_falls_back_only_when_the_file_is_missing(synth_dir, tmp_path):
