@@ -67,31 +67,41 @@ def phi_object_size_table(model, dataset, batch_size: int = 16) -> dict[str, np.
 
 
 def phi_on_generated_scenes(model, regimes: Sequence[str], per_regime: int, seed: int = 0,
-                            size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                            size: tuple[int, int] | None = None,
+                            loss_options: Mapping | None = None) -> dict[str, np.ndarray]:
     """Predicted φ on ``per_regime`` freshly rendered synthetic scenes of each regime.
 
     One scene per regime is an anecdote; this is the quick check that φ follows the regime
     (scenes drawn from (seed, 7920, regime index, k), so not the bundled examples; ``size`` =
     (width, height), default ``EXAMPLE_SIZE``). Runs only the scale predictor. Returns columns
     of length len(regimes)·per_regime: "regime", "phi", "median_side" (px at the base
-    resolution, NaN for scenes without objects).
+    resolution, NaN for scenes without objects); with ``loss_options`` (a checkpoint's) also
+    "phi_star", the scale loss's optimum of each scene (:func:`loss_optimum`), and "fidelity",
+    :func:`fidelity_summary` of the scenes.
     """
     width, height = size or EXAMPLE_SIZE
     to_base = base_size_scale(height, width, model.base_size, model.max_size)
     device = next(model.parameters()).device
-    names, phis, sides = [], [], []
+    names, phis, sides, all_sides = [], [], [], []
     for r, regime in enumerate(regimes):
         images = []
         for k in range(per_regime):
             image, anns = render_scene(np.random.default_rng([seed, 7920, r, k]), regime,
                                        (width, height))
             images.append(image_tensor(image).to(device))
-            s = [math.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns]
-            sides.append(float(np.median(s)) * to_base if s else math.nan)
+            s = [math.sqrt(a["bbox"][2] * a["bbox"][3]) * to_base for a in anns]
+            all_sides.append(torch.tensor(s, dtype=torch.float64))
+            sides.append(float(np.median(s)) if s else math.nan)
             names.append(regime)
         phis.append(model.predict_phi(images).reshape(-1))
-    return {"regime": np.array(names), "phi": torch.cat(phis).double().numpy(),
-            "median_side": np.array(sides)}
+    out = {"regime": np.array(names), "phi": torch.cat(phis).double().numpy(),
+           "median_side": np.array(sides)}
+    if loss_options is not None:
+        u_star, out["phi_star"] = loss_optimum(model, all_sides, loss_options)
+        u = (out["phi"] - model.tau_min) / (model.tau_max - model.tau_min)
+        out["fidelity"] = fidelity_summary(u, u_star, model.tau_min, model.tau_max,
+                                           list(out["regime"]), list(out["median_side"]))
+    return out
 
 
 def base_object_sides(dataset, index: int, base_size: int, max_size: int | None) -> torch.Tensor:

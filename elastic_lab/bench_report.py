@@ -131,13 +131,16 @@ def verdict(s: Mapping) -> str:
         return ("**Answer: not yet measurable** (the fixed-resolution front or elastic is "
                 "missing).")
     n = len(saved["seeds"])
-    low = saved["interval"][0]
-    beats = low > 0
+    low, high = saved["interval"]
+    if low > 0:
+        what, note = "beats", ""
+    elif high < 0:
+        what, note = "costs more than", ", which excludes a saving"
+    else:
+        what, note = "does not beat", ", which includes no saving"
     return (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
-            f"{'beats' if beats else 'does not beat'} the fixed-resolution front beyond the "
-            f"test-image noise**: compute saved at equal AP {pct(saved['mean'])} (95 % "
-            f"interval {ci(saved['interval'])}"
-            f"{'' if beats else ', which includes no saving or a loss'}).")
+            f"{what} the fixed-resolution front beyond the test-image noise**: compute saved at "
+            f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
 
 
 def target_lines(s: Mapping) -> list[str]:

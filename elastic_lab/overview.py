@@ -10,6 +10,7 @@ rebuilds ``docs/overview.png`` from the shipped elastic checkpoint and ``example
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -83,10 +84,22 @@ def overview_image(model: ElasticDETR, categories: list[dict], images: dict[str,
     return join_panels(panels), results
 
 
+def overview_record(checkpoint: str | Path, results: dict[str, dict], threshold: float) -> dict:
+    """What the picture shows, per image: φ, the processed and φ = 1 sizes, GFLOPs and the
+    number of boxes drawn (the README's caption quotes these; tests check them against the
+    shipped checkpoint)."""
+    keys = ("phi", "phi_source", "processed_width", "processed_height", "base_width",
+            "base_height", "gflops", "gflops_phi1")
+    return {"checkpoint": Path(checkpoint).as_posix(), "threshold": threshold,
+            "images": {name: {**{k: r[k] for k in keys}, "detections": len(r["detections"])}
+                       for name, r in results.items()}}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", help="image files, shown left to right")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True,
+                   help="PNG file to write (its numbers go to the same name with .json)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum score drawn")
     p.add_argument("--height", type=int, default=PANEL_HEIGHT, help="panel height (px)")
     add_device_arguments(p)
@@ -104,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
                                           args.height)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out, optimize=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        overview_record(args.checkpoint, results, args.threshold), indent=1) + "\n")
     for name, r in results.items():
         print(" | ".join(caption_lines(name, r)))
-    print(f"wrote {out} ({picture.width}x{picture.height})")
+    print(f"wrote {out} ({picture.width}x{picture.height}) and {out.with_suffix('.json')}")
     return 0

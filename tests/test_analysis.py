@@ -11,6 +11,7 @@ from torchvision.ops import box_convert
 from elastic_lab.analysis import (
     compare_to_baseline,
     image_scale_sweep,
+    loss_optimum,
     median_object_sides,
     phi_object_size_table,
     phi_on_generated_scenes,
@@ -36,6 +37,7 @@ class _MeanPhiModel(torch.nn.Module):
     """A stand-in predictor whose phi is a known function of each image: 0.5 + its mean."""
 
     base_size, max_size = 64, None
+    tau_min, tau_max, log_gamma = 0.5, 1.5, None
 
     def __init__(self):
         super().__init__()
@@ -93,6 +95,26 @@ def test_phi_on_generated_scenes_runs_the_predictor_on_fresh_scenes_of_each_regi
                     side * base_size_scale(128, 160, 64, None))
     assert np.all(np.isnan(t["median_side"][6:]))  # empty scenes have no objects
     assert np.nanmax(t["median_side"][:3]) < np.nanmin(t["median_side"][3:6])  # tiny < large
+
+
+def test_phi_on_generated_scenes_with_loss_options_gives_each_scenes_optimum():
+    model, opts = _MeanPhiModel(), {"b_s": 10.0, "b_l": 30.0, "k": 6.0, "empty_target": 0.0}
+    regimes = ["tiny", "large", "empty"]
+    t = phi_on_generated_scenes(model, regimes, 2, seed=1, size=(160, 128), loss_options=opts)
+    to_base = base_size_scale(128, 160, 64, None)
+    sides = []
+    for r, regime in enumerate(regimes):
+        for k in range(2):
+            _, anns = render_scene(np.random.default_rng([1, 7920, r, k]), regime, (160, 128))
+            sides.append(torch.tensor([math.sqrt(a["bbox"][2] * a["bbox"][3]) * to_base
+                                       for a in anns], dtype=torch.float64))
+    _, phi_star = loss_optimum(model, sides, opts)
+    np.testing.assert_allclose(t["phi_star"], phi_star)
+    assert t["phi_star"][0] > 1.0 > t["phi_star"][2] and t["phi_star"][4] == pytest.approx(0.5)
+    f = t["fidelity"]
+    assert f["num_images"] == 6 and f["mean_phi_star"] == pytest.approx(phi_star.mean())
+    assert f["mean_phi"] == pytest.approx(t["phi"].mean())
+    assert set(f["by_regime"]) == set(regimes)
 
 
 def test_spearman_ignores_missing_pairs():

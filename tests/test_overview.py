@@ -1,5 +1,7 @@
 """The README picture (elastic_lab.overview): panels, captions and the CLI that writes the PNG."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,9 @@ from PIL import Image
 
 from elastic_lab.checkpoint import save_checkpoint
 from elastic_lab.cli import main as cli
+from elastic_lab.data.image import image_tensor
 from elastic_lab.data.synth import categories_for, write_examples
-from elastic_lab.models.build import ModelOptions, build_model
+from elastic_lab.models.build import ModelOptions, build_model, load_model
 from elastic_lab.overview import GAP, caption_lines, draw_panel, overview_image
 from elastic_lab.resize import processed_size
 from tests.test_model import TINY
@@ -70,6 +73,14 @@ def test_overview_cli_writes_the_png_and_refuses_other_formats(elastic, tmp_path
     with Image.open(out) as im:
         assert im.format == "PNG" and im.height > 100
     assert "large.png: phi =" in capsys.readouterr().out
+    # the numbers beside the picture are those of the model on these images
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert list(record["images"]) == [p.name for p in examples]
+    model = load_model(path, "cpu")[0]
+    for p in examples:
+        im = Image.open(p).convert("RGB")
+        phi = model.predict_phi([image_tensor(im)]).item()
+        assert record["images"][p.name]["phi"] == pytest.approx(phi, abs=1e-5)
     assert cli(["overview", "--checkpoint", str(path), str(examples[0]), "--out",
                 str(tmp_path / "x.jpg")]) == 1
     assert "x.jpg" in capsys.readouterr().err
