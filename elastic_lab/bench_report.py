@@ -143,6 +143,29 @@ def verdict(s: Mapping) -> str:
             f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
 
 
+def elastic_choice(s: Mapping) -> str | None:
+    """The elastic detector's choices of φ in one sentence (seed means): predicted against its
+    own φ = 1, the scale loss's φ* and the per-image AP-optimal oracle; None without an
+    elastic cell."""
+    o, gap = (s.get("oracles") or {}).get("elastic"), s.get("gap") or {}
+    if not o or not gap:
+        return None
+    n = o["own"]["AP"]["n"]
+
+    def row(key: str) -> str:
+        return f"AP {_ap(o[key]['AP']['mean'])} at {num(o[key]['gflops']['mean'], '.2f')} GFLOPs"
+    d = gap["predicted_vs_phi1"]
+    return (f"Elastic ({n} seed{'s' if n != 1 else ''}, test split): its predicted φ (mean "
+            f"{num(o['own']['mean_phi']['mean'], '.2f')}) gives {row('own')} (predictor "
+            f"included), its own detector at φ = 1 {row('phi1')}: "
+            f"{_dap(d['mean'])} AP {ci(d['interval'], _dap)} for "
+            f"{num(100 * (1 - o['own']['gflops']['mean'] / o['phi1']['gflops']['mean']), '.1f')} % "
+            "fewer GFLOPs. "
+            f"At the scale loss's optimum φ* it scores {row('loss_optimal')}; the per-image "
+            f"AP-optimal φ of the sweep (an oracle that picks on the test labels) "
+            f"{row('ap_optimal')}.")
+
+
 def target_lines(s: Mapping) -> list[str]:
     lines = ["## Targets of issue 16", ""]
     fmt = {"fixed_front": pct, "multiscale": pct, "latency": lambda x: num(x, ".2f"),
@@ -293,6 +316,8 @@ def markdown(summary: Mapping, cells: Mapping[str, Mapping], expected: Sequence[
         lines += cell_lines(summary, expected)
         return "\n".join(lines) + "\n"
     lines += [verdict(summary), ""]
+    if elastic_choice(summary):
+        lines += [elastic_choice(summary), ""]
     for part in (headline_lines(summary), target_lines(summary), detector_lines(summary),
                  oracle_lines(summary), ablation_lines(summary), latency_lines(summary),
                  cell_lines(summary, expected)):

@@ -1,0 +1,75 @@
+"""Every number a user reads is backed: the README's and checkpoints/README.md's tables and
+claims come from the committed result files (checkpoints/evals/, docs/overview.json,
+benchmarks/results.json), and those files are true of the shipped checkpoints."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from elastic_lab.bench_report import elastic_choice, verdict
+from elastic_lab.data.image import image_tensor
+from elastic_lab.model_cards import ROWS, elastic_lines, read_evals, shipped_table
+from elastic_lab.models.build import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+CARDS = (ROOT / "checkpoints" / "README.md").read_text()
+EVALS = read_evals(ROOT / "checkpoints" / "evals")
+
+
+def test_the_recipes_shipped_files_have_committed_evaluations():
+    assert "elastic_val" in EVALS  # the elastic file comes from the recipe
+    assert set(EVALS) <= {stem for _, stem in ROWS}
+    for mode in ("fixed", "multiscale"):  # a file without its evaluation is declared as older
+        if f"{mode}_val" not in EVALS:
+            assert f"`{mode}_synth.pt`" in CARDS.split("predate")[0], mode
+
+
+def test_readme_and_cards_quote_the_committed_evaluations():
+    table = shipped_table(EVALS)
+    assert table in README, "README: the shipped-model table differs from checkpoints/evals/"
+    assert table in CARDS, "checkpoints/README.md: the table differs from checkpoints/evals/"
+    lines = elastic_lines(EVALS)
+    assert lines and all(line in CARDS for line in lines)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "multiscale", "elastic"])
+def test_each_shipped_file_carries_its_committed_card(mode):
+    if f"{mode}_val" not in EVALS:
+        pytest.skip(f"{mode}_synth.pt predates the recipe (declared in checkpoints/README.md)")
+    ckpt = torch.load(ROOT / "checkpoints" / f"{mode}_synth.pt", map_location="cpu",
+                      weights_only=True)
+    card = EVALS[f"{mode}_val"]
+    assert ckpt["card"]["AP"] == card["AP"]
+    assert ckpt["card"]["gflops_per_image"] == card["gflops_per_image"]
+
+
+def test_the_readme_picture_is_true_of_the_shipped_elastic_model():
+    record = json.loads((ROOT / "docs" / "overview.json").read_text())
+    assert record["checkpoint"] == "checkpoints/elastic_synth.pt"
+    model = load_model(ROOT / record["checkpoint"], "cpu")[0]
+    phi = {}
+    for name, shown in record["images"].items():
+        image = Image.open(ROOT / "examples" / name).convert("RGB")
+        phi[name] = model.predict_phi([image_tensor(image)]).item()
+        assert shown["phi"] == pytest.approx(phi[name], abs=1e-4), name
+        assert f"φ {shown['phi']:.2f}" in README, f"README caption: φ of {name}"
+    # the caption's claim: small objects are scaled up, large ones down (compute saved)
+    assert phi["tiny.png"] > 1.0 > phi["large.png"]
+    large = record["images"]["large.png"]
+    saved = round(100 * (1 - large["gflops"] / large["gflops_phi1"]))
+    assert saved > 0 and f"{saved} % fewer" in README
+
+
+def test_readme_states_the_benchmark_results_of_the_committed_cells():
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    cells = sorted(p.stem for p in (ROOT / "benchmarks" / "cells").glob("*.json"))
+    assert sorted(results["cells"]) == cells  # results.json is up to date with the cells
+    assert verdict(results) in README
+    choice = elastic_choice(results)
+    assert choice is None or choice in README
+    total = len(cells) + len(results["missing"])
+    assert f"**Status: {len(cells)} of {total} cells trained**" in README
