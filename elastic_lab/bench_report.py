@@ -163,7 +163,19 @@ def elastic_choice(s: Mapping) -> str | None:
             "fewer GFLOPs. "
             f"At the scale loss's optimum φ* it scores {row('loss_optimal')}; the per-image "
             f"AP-optimal φ of the sweep (an oracle that picks on the test labels) "
-            f"{row('ap_optimal')}.")
+            f"{row('ap_optimal')}." + _against_fixed(s))
+
+
+def _against_fixed(s: Mapping) -> str:
+    """The fixed φ = 1 detector beside the elastic one, when its cell exists."""
+    fixed = (s.get("oracles") or {}).get("fixed_1.00")
+    d = (s.get("gap") or {}).get("detector_at_phi1") or {}
+    if not fixed or d.get("mean") is None:
+        return ""
+    return (f" The fixed detector trained at φ = 1 (`fixed_1.00`) scores AP "
+            f"{_ap(fixed['own']['AP']['mean'])} at {num(fixed['own']['gflops']['mean'], '.2f')} "
+            f"GFLOPs; the elastic detector minus the fixed one, both at φ = 1: {_dap(d['mean'])} AP "
+            f"{ci(d['interval'], _dap)} (the detector budget).")
 
 
 def target_lines(s: Mapping) -> list[str]:
