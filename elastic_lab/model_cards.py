@@ -4,15 +4,15 @@
 and writes ``checkpoints/evals/<mode>_val.json`` (multi-scale also at φ = 0.75 and 1.25:
 ``multiscale_val_phi<F>.json``). The README and ``checkpoints/README.md`` quote their tables
 from these files; ``python -m elastic_lab.model_cards`` prints the tables as they must appear,
-and ``tests/test_docs.py`` checks that the documents hold them. Latency is left out: one
+and ``tests/test_numbers.py`` checks that the documents hold them. Latency is left out: one
 machine's timing under an unknown load; the benchmark's paired latency cell measures it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+
+from .bench_cells import read_cells
 
 EVALS = "checkpoints/evals"
 # (row label, evaluation file stem), in the order of the tables
@@ -28,7 +28,7 @@ COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def read_evals(evals_dir: str | os.PathLike = EVALS) -> dict[str, dict]:
     """Every evaluation file of ``evals_dir`` by stem."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(evals_dir).glob("*.json"))}
+    return read_cells(evals_dir)
 
 
 def _row(label: str, m: dict) -> str:
