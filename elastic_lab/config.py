@@ -51,7 +51,10 @@ class TrainOptions:
     pretrain_batch_size: int = 16
     pretrain_lr: float = 5e-4
     probe_images: int = 64           # elastic: val images whose predictor fidelity is logged
+    batching: str = "grouped"        # grouped | mixed: how a pool becomes steps (engine.py)
 
+
+BATCHING = ("grouped", "mixed")  # TrainOptions.batching (engine.py's module docstring)
 
 # where and how a run executes (folders, device, precision, loader processes), as opposed to
 # what it trains
@@ -86,6 +89,9 @@ class TrainConfig:
         self.data, self.out = str(self.data), str(self.out)
         if not 0.0 <= self.train.hflip <= 1.0:
             raise ValueError(f"hflip (--hflip) is a probability in [0, 1], got {self.train.hflip}")
+        if self.train.batching not in BATCHING:
+            raise ValueError(f"batching (--batching) is one of {', '.join(BATCHING)}, got "
+                             f"{self.train.batching!r}")
 
     def loss_options(self) -> ElasticLossOptions:
         """``loss``, or the command line's default for the model's base size."""

@@ -1,9 +1,20 @@
 """One training epoch (:func:`train_one_epoch`) over pools of images, and its steps.
 
-A *pool* is ``pool_batches`` batches loaded together (data/sampler.py). The pool's images are
-grouped by processed size so padding stays small; in elastic mode the sizes come from the
-predictor's phi, predicted once for the pool without gradient (phi is detached anyway), and
-the predictor runs again with gradient on each batch for the scale loss.
+A *pool* is ``pool_batches`` batches loaded together (data/sampler.py). In elastic mode phi
+comes from the predictor, predicted once for the pool without gradient (phi is detached
+anyway), and the predictor runs again with gradient on each step for the scale loss.
+
+How a pool becomes steps (``StepPolicy.batching``):
+
+- ``grouped``: each step is a batch of images of similar processed size, so padding stays
+  small. Where the size does not depend on the content (fixed and multi-scale modes) such a
+  batch is a random mix of scenes.
+- ``mixed``: each step is a random sample of the pool, run as *parts* of similar processed
+  size whose gradients add up to one update, with DETR's box normaliser taken over the whole
+  step. In elastic mode the size follows the content (small objects: large φ), so a grouped
+  batch holds one kind of scene: with a normalised (clipped) update per step, eight images
+  of three large objects then weigh as much as eight of twenty tiny ones. Mixed steps give
+  every object the weight it has in fixed-mode training, at the cost of smaller parts.
 
 Where a run stands is a :class:`TrainState`, saved with every checkpoint: the data order is a
 function of (seed, epoch) and every random draw of a step a function of (seed, step), so a
@@ -26,12 +37,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .config import TrainOptions
 from .data.sampler import group_by_size, shard
 from .distributed import all_finite, world_mean
-from .models.criterion import SetCriterion
+from .models.criterion import SetCriterion, step_num_boxes
 from .models.elastic_detr import ElasticDETR
 from .resize import phi_from_u
 from .run_log import MetricsLog, batch_stats, elastic_extra
 from .runtime import autocast_context
 
+MAX_PART_PADDING = 0.2  # a mixed step's parts: at most this fraction of a part is padding
 Plan = list[tuple[list[int], Tensor | None]]  # per batch: (positions in the pool, phi [b] or None)
 
 
@@ -84,6 +96,7 @@ class StepPolicy:
     explore_noise: float = 0.0      # elastic: std of Gaussian noise on u
     fixed_phi: float = 1.0          # fixed mode: the scale every image is trained at
     fixed_phi_steps: int = 0        # elastic: pools planned before this step use phi = 1
+    batching: str = "grouped"       # grouped | mixed (see the module docstring)
 
 
 @contextlib.contextmanager
@@ -140,7 +153,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy: StepPolicy,
               seed: int, step: int) -> Plan:
-    """Group a pool into batches and choose each batch's phi.
+    """Split a pool into steps (grouped by processed size, or random samples with
+    ``policy.batching == "mixed"``) and choose the detector's phi of every image.
 
     Returns [(positions in the pool, phi [b] or None)] in training order.
     """
@@ -159,6 +173,10 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
         phi = torch.full((n,), float(policy.fixed_phi))
     else:  # multiscale, or elastic warm-up: uniform draws
         phi = phi_from_u(torch.rand(n, generator=g), policy.tau_min, policy.tau_max)
+    if policy.batching == "mixed":  # random samples; train_step splits them into parts
+        order = torch.randperm(n, generator=g).tolist()
+        return [(order[k:k + batch_size], phi[order[k:k + batch_size]])
+                for k in range(0, n, batch_size)]
     if policy.mode == "multiscale":  # one phi per batch (grouped by shape at phi = 1)
         batches = group_by_size(model.sizes(orig, torch.ones(n)), batch_size)
         plan = [(b, phi[i].repeat(len(b))) for i, b in enumerate(batches)]
@@ -170,28 +188,63 @@ def plan_pool(model: ElasticDETR, images: list[Tensor], batch_size: int, policy:
 def train_step(model: nn.Module, criterion: SetCriterion, optimizer: torch.optim.Optimizer,
                images: list[Tensor], targets: list[dict], phi: Tensor | None, clip_norm: float,
                scaler=None, autocast=None, scale_images: list[Tensor] | None = None,
-               scale_targets: list[dict] | None = None) -> tuple[dict[str, float], dict] | None:
+               scale_targets: list[dict] | None = None, parts: list[list[int]] | None = None
+               ) -> tuple[dict[str, float], dict] | None:
     """One optimisation step; returns (loss values, outputs) or None when the loss is not finite.
 
-    The loss is Σ_k losses[k]·criterion.weight_dict[k]. In elastic mode this step's matches are
-    folded into the per-bin loss EMA first (criterion.update_bin_ema), so that the distribution
-    loss of the step reads an EMA that includes them. With ``scale_images`` the predictor's
-    losses (L_scale, L_dist, size map) are computed on those images and ``scale_targets``.
+    The loss is Σ_k losses[k]·criterion.weight_dict[k]. ``parts`` (positions into ``images``)
+    run one after the other and their gradients add up to the step's (a mixed step: see the
+    module docstring); every detection term is normalised by the boxes of the whole step, so
+    the parts sum to the loss of one batch. Default: one part. In elastic mode the step's
+    matches are folded into the per-bin loss EMA first (criterion.fold_bin_losses), so that the
+    distribution loss reads an EMA that includes them. With ``scale_images`` the predictor's
+    losses (L_scale, L_dist, size map) are computed on those images and ``scale_targets``, in
+    the last part. Under DDP the parts before the last accumulate without synchronising.
+    Outputs: the last part's, with "phi" and "image_sizes" of every image and, for several
+    parts, "part_sizes" (the processed sizes of each part, for the padding statistics).
     """
     autocast = autocast or contextlib.nullcontext()
-    with autocast:
-        outputs = (model(images, phi) if scale_images is None
-                   else model(images, phi, scale_images=scale_images))
-        indices = criterion.matcher(outputs, targets)
-        if criterion.bin_ema is not None and "scale" in outputs:
-            criterion.update_bin_ema(outputs, targets, indices)
-        losses = criterion(outputs, targets, indices, scale_targets)
+    parts = parts or [list(range(len(images)))]
+    net = getattr(model, "module", model)  # the ElasticDETR under a DDP wrapper
+    log_gamma = getattr(net, "log_gamma", None)
+    track_bins = criterion.bin_ema is not None and log_gamma is not None
+    num_boxes = step_num_boxes(targets)
     weights = criterion.weight_dict
-    total = sum(losses[k].float() * weights[k] for k in losses if k in weights)
-    if not all_finite(total):
+    optimizer.zero_grad(set_to_none=True)
+    bins, sums, done = torch.zeros(2, 3), {}, torch.zeros(())
+    phis, sizes = [], []
+    for j, part in enumerate(parts):
+        last = j == len(parts) - 1
+        quiet = model.no_sync() if hasattr(model, "no_sync") and not last \
+            else contextlib.nullcontext()
+        part_images, part_targets = [images[i] for i in part], [targets[i] for i in part]
+        part_phi = None if phi is None else phi[part]
+        with quiet:
+            with autocast:
+                if last and scale_images is None:
+                    outputs = model(part_images, part_phi)
+                else:  # the predictor runs once per step, in the last part
+                    outputs = model(part_images, part_phi,
+                                    scale_images=scale_images if last else [])
+                indices = criterion.matcher(outputs, part_targets)
+                if track_bins:
+                    bins += criterion.matched_bin_losses(outputs, part_targets, indices,
+                                                         log_gamma)
+                    if last:
+                        criterion.fold_bin_losses(bins)
+                losses = criterion(outputs, part_targets, indices,
+                                   scale_targets if last else None, num_boxes)
+            total = sum(losses[k].float() * weights[k] for k in losses if k in weights)
+            for name, v in losses.items():
+                sums[name] = sums.get(name, 0.0) + v.detach().float()
+            phis.append(outputs["phi"])
+            sizes.append(outputs["image_sizes"])
+            if not last:
+                done = done + total.detach()
+                (scaler.scale(total) if scaler is not None else total).backward()
+    if not all_finite(done + total.detach()):
         optimizer.zero_grad(set_to_none=True)
         return None
-    optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
@@ -204,9 +257,12 @@ def train_step(model: nn.Module, criterion: SetCriterion, optimizer: torch.optim
         scaler.update()
     else:
         optimizer.step()
-    names = sorted(losses)
-    flat = world_mean(torch.stack([losses[k].detach().float() for k in names] + [total.detach()]))
+    names = sorted(sums)
+    flat = world_mean(torch.stack([sums[k] for k in names] + [done + total.detach()]))
     values = dict(zip(names + ["loss"], flat.tolist()))
+    if len(parts) > 1:
+        outputs = {**outputs, "phi": torch.cat(phis), "image_sizes": torch.cat(sizes),
+                   "part_sizes": [s.tolist() for s in sizes]}
     return values, outputs
 
 
@@ -284,17 +340,24 @@ def train_one_epoch(model: ElasticDETR, criterion: SetCriterion, optimizer: torc
                 save(state)
                 return
             mine = shard(list(range(len(positions))), rank, world)  # this rank's share
-            scale_images = scale_targets = None
-            if policy.mode == "elastic":  # the predictor learns from a random sample
+            step_images = [images[positions[i]] for i in mine]
+            step_targets = [targets[positions[i]] for i in mine]
+            step_phi = None if phi is None else phi[mine]
+            scale_images = scale_targets = parts = None
+            if policy.batching == "mixed":  # a random sample: the predictor learns from it too
+                sizes = model.sizes([tuple(im.shape[-2:]) for im in step_images],
+                                    torch.ones(len(mine)) if step_phi is None else step_phi)
+                parts = group_by_size(sizes, len(sizes), MAX_PART_PADDING)
+                if policy.mode == "elastic":
+                    scale_images, scale_targets = step_images, step_targets
+            elif policy.mode == "elastic":  # the predictor learns from a random sample
                 sample = shard(scale_sample(len(images), len(positions), opts.seed, state.step),
                                rank, world)
                 scale_images = [images[i] for i in sample]
                 scale_targets = [targets[i] for i in sample]
-            result = train_step(train_model, criterion, optimizer,
-                                [images[positions[i]] for i in mine],
-                                [targets[positions[i]] for i in mine],
-                                None if phi is None else phi[mine], opts.clip_norm, scaler,
-                                autocast_context(device, amp), scale_images, scale_targets)
+            result = train_step(train_model, criterion, optimizer, step_images, step_targets,
+                                step_phi, opts.clip_norm, scaler, autocast_context(device, amp),
+                                scale_images, scale_targets, parts)
             state.bad_steps = check_finite(result, state.bad_steps, opts.max_bad_steps,
                                            state.step)
             scheduler.step()

@@ -44,8 +44,10 @@ WORKERS = 1
 LOG_EVERY = 50
 AMP = False                      # bf16/fp16 autocast: --amp on GPUs and on CPUs with bf16 units
 ANCHOR_CELLS = 1.6               # pixel-sized detector anchors, every mode
+BACKBONE_NORM = "group"          # the detector's backbone normalisation, every mode (norms.py)
 TAU_MIN, TAU_MAX = 0.5, 1.5
 # the elastic model's predictor and losses
+BATCHING = "mixed"               # elastic: steps are random samples run in parts (engine.py)
 PREDICTOR_TRUNK = "mobilenet_v3_large"
 PREDICTOR_NORM = "group"
 THUMB_SIZE = 160
@@ -110,7 +112,7 @@ def recipe_config(run: str, seed: int = 0, out: str | None = None, data: str = D
     (default ``runs/<run>``)."""
     spec = _spec(run)
     detr = DetrOptions(num_queries=NUM_QUERIES, freeze_stem=FREEZE_STEM,
-                       anchor_cells=ANCHOR_CELLS)
+                       anchor_cells=ANCHOR_CELLS, norm=BACKBONE_NORM)
     model = ModelOptions(mode=spec.mode, base_size=BASE_SIZE, tau_min=TAU_MIN,
                          tau_max=spec.tau_max, fixed_phi=spec.fixed_phi, detr=detr)
     opts = TrainOptions(epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, lr=LR,
@@ -118,7 +120,7 @@ def recipe_config(run: str, seed: int = 0, out: str | None = None, data: str = D
     if spec.mode == "elastic":
         model = replace(model, predictor_trunk=PREDICTOR_TRUNK, predictor_norm=PREDICTOR_NORM,
                         thumb_size=THUMB_SIZE, predictor_size_bins=PREDICTOR_SIZE_BINS)
-        opts = replace(opts, pretrain_steps=PRETRAIN_STEPS,
+        opts = replace(opts, pretrain_steps=PRETRAIN_STEPS, batching=BATCHING,
                        pretrain_batch_size=PRETRAIN_BATCH_SIZE, pretrain_lr=PRETRAIN_LR)
     return TrainConfig(data=data, out=out or f"runs/{run}", model=model, train=opts,
                        loss=loss_options(spec), device=device, amp=amp, workers=WORKERS)
@@ -133,8 +135,9 @@ def smoke_recipe_config(run: str, seed: int = 0, out: str | None = None, data: s
     small = smoke_config(data, full.out, spec.mode, max_steps=SMOKE_STEPS)
     model = replace(full.model, base_size=small.model.base_size,
                     thumb_size=small.model.thumb_size,
-                    detr=replace(small.model.detr, anchor_cells=ANCHOR_CELLS))
-    opts = replace(small.train, seed=seed, hflip=HFLIP, lr=LR,
+                    detr=replace(small.model.detr, anchor_cells=ANCHOR_CELLS,
+                                 norm=BACKBONE_NORM))
+    opts = replace(small.train, seed=seed, hflip=HFLIP, lr=LR, batching=full.train.batching,
                    pretrain_steps=SMOKE_PRETRAIN_STEPS if full.train.pretrain_steps else 0,
                    pretrain_batch_size=4, probe_images=4)
     loss = replace(full.loss, **{k: getattr(ElasticLossOptions.for_base_size(model.base_size), k)

@@ -80,8 +80,10 @@ def batch_stats(outputs: dict) -> dict[str, float]:
     """Per-batch numbers for metrics.jsonl (over the global batch under torchrun): phi
     statistics, padding ratio and processed pixels."""
     phi = world_gather(outputs["phi"].float().reshape(-1))
-    pad = world_mean(torch.tensor([padding_ratio(
-        [tuple(s) for s in outputs["image_sizes"].tolist()])]))
+    parts = outputs.get("part_sizes") or [outputs["image_sizes"].tolist()]  # padded batches
+    used = [sum(h * w for h, w in p) for p in parts]
+    canvas = sum(u / (1 - padding_ratio([tuple(s) for s in p])) for u, p in zip(used, parts))
+    pad = world_mean(torch.tensor([1 - sum(used) / canvas]))
     pixels = outputs["image_sizes"].prod(1).sum().float().cpu().reshape(1)
     stats = {"phi_mean": float(phi.mean()), "phi_std": float(phi.std()) if len(phi) > 1 else 0.0,
              "phi_min": float(phi.min()), "phi_max": float(phi.max()),

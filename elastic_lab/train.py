@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .analysis import predictor_fidelity
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, TrainOptions
+from .config import BATCHING, TrainConfig, TrainOptions
 from .data.coco import CocoDetection, collate_fn
 from .data.sampler import PoolSampler
 from .distributed import init_from_env
@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
     p.add_argument("--backbone-weights", default=None,
                    help="'imagenet' for torchvision's ImageNet weights (detector and predictor)")
+    p.add_argument("--backbone-norm", choices=NORMS, default=None,
+                   help="the detector backbone's normalisation (default: batch, frozen with "
+                        "ImageNet weights; group: the same in training and inference)")
     p.add_argument("--freeze-stem", action="store_true",
                    help="freeze the backbone's conv1 and layer1 (DETR's choice; faster on CPU)")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -100,6 +103,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "predictor, loss, warm-start options, seed and data reuse them")
     p.add_argument("--probe-images", type=int, default=64,
                    help="elastic: validation images whose predictor fidelity is logged")
+    p.add_argument("--batching", choices=BATCHING, default="grouped",
+                   help="grouped: each step a batch of similar processed size; mixed: each "
+                        "step a random sample of the pool, run in parts of similar size "
+                        "(elastic: the size follows the content)")
     p.add_argument("--pool-batches", type=int, default=48,
                    help="batches loaded together and grouped by processed size")
     p.add_argument("--warmup-epochs", type=int, default=0,
@@ -138,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        d_model=args.hidden_dim, num_encoder_layers=args.enc_layers,
                        num_decoder_layers=args.dec_layers, num_queries=args.num_queries,
                        return_layer=args.return_layer, freeze_stem=args.freeze_stem,
-                       anchor_cells=args.anchor_cells)
+                       anchor_cells=args.anchor_cells, norm=args.backbone_norm)
     model = ModelOptions(mode=args.mode, base_size=args.base_size, max_size=args.max_size,
                          tau_min=args.tau_min, tau_max=args.tau_max, thumb_size=args.thumb_size,
                          predictor_weights=args.backbone_weights,
@@ -154,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_scale=args.lambda_scale, lambda_dist=args.lambda_dist,
         lambda_size_map=args.lambda_size_map, fixed_phi_steps=args.fixed_phi_steps,
         pretrain_steps=args.pretrain_steps, pretrain_batch_size=args.pretrain_batch_size,
-        pretrain_lr=args.pretrain_lr, probe_images=args.probe_images)
+        pretrain_lr=args.pretrain_lr, probe_images=args.probe_images, batching=args.batching)
     loss = ElasticLossOptions.for_base_size(
         args.base_size, args.boundary_small, args.boundary_large,
         distribution=args.distribution_loss, compute_budget=args.compute_budget,
@@ -284,7 +291,7 @@ def train(config: TrainConfig) -> Path:
         policy = StepPolicy(model_opts.mode, model_opts.tau_min, model_opts.tau_max,
                             random_phi=elastic and state.epoch < opts.warmup_epochs,
                             explore_noise=opts.explore_noise, fixed_phi=model_opts.fixed_phi,
-                            fixed_phi_steps=opts.fixed_phi_steps)
+                            fixed_phi_steps=opts.fixed_phi_steps, batching=opts.batching)
         train_one_epoch(model, criterion, optimizer, scheduler, loader, state, opts, policy, log,
                         save, device, config.amp, scaler, deadline, ddp_model, rank, world,
                         probe)

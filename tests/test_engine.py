@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from elastic_lab.data.sampler import group_by_size
-from elastic_lab.engine import StepPolicy, TrainState, plan_pool, scale_sample, step_generator
+from elastic_lab.engine import (
+    StepPolicy,
+    TrainState,
+    plan_pool,
+    scale_sample,
+    step_generator,
+    train_step,
+)
 from elastic_lab.models.build import ModelOptions, build_model
 from elastic_lab.models.criterion import ElasticLossOptions, build_criterion
 from tests.test_model import TINY
@@ -146,3 +153,67 @@ def test_the_predictor_learns_from_a_random_sample_of_the_pool():
     losses = crit(out, [targets[i] for i in batch], scale_targets=[targets[i] for i in idx])
     losses["loss_scale"].backward()
     assert all(p.grad is None for p in m.detector.parameters())
+
+
+def test_mixed_batching_plans_random_samples_with_the_same_phi():
+    """batching="mixed": the pool becomes random samples of the batch size (a function of seed
+    and step), each image keeping the phi the grouped plan gives it."""
+    m, images = model("elastic"), pool()
+    grouped = plan_pool(m, images, BATCH, StepPolicy("elastic", 0.5, 1.5), SEED, STEP)
+    policy = StepPolicy("elastic", 0.5, 1.5, batching="mixed")
+    mixed = plan_pool(m, images, BATCH, policy, SEED, STEP)
+    check_partition(mixed)
+    order = torch.randperm(len(SIZES), generator=step_generator(SEED, STEP)).tolist()
+    assert [b for b, _ in mixed] == [order[k:k + BATCH] for k in range(0, len(SIZES), BATCH)]
+    phi_grouped, phi_mixed = torch.empty(len(images)), torch.empty(len(images))
+    for (b, p), (bm, pm) in zip(grouped, mixed):
+        phi_grouped[b], phi_mixed[bm] = p, pm
+    torch.testing.assert_close(phi_mixed, phi_grouped, rtol=0, atol=0)
+    assert [b for b, _ in plan_pool(m, images, BATCH, policy, SEED, STEP + 1)] != \
+        [b for b, _ in mixed]
+
+
+def test_group_by_size_closes_a_batch_at_the_padding_bound():
+    sizes = [(256, 256), (256, 240), (128, 128), (128, 112), (384, 128), (64, 64)]
+    parts = group_by_size(sizes, len(sizes), max_padding=0.2)
+    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
+    for p in parts:
+        hs, ws = zip(*(sizes[i] for i in p))
+        assert 1 - sum(h * w for h, w in zip(hs, ws)) / (len(p) * max(hs) * max(ws)) <= 0.2
+    assert [0, 1] in parts and [2, 3] in parts  # similar sizes share a part
+    assert len(group_by_size(sizes, len(sizes))) == 1  # no bound: one batch
+
+
+def _step(m, crit, images, targets, phi, parts=None, scale=None):
+    """One train_step without clipping and with a zero learning rate; the gradients stay."""
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    values, _ = train_step(m, crit, opt, images, targets, phi, 0.0, scale_images=scale,
+                           scale_targets=None if scale is None else targets, parts=parts)
+    return values, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+
+
+def test_a_step_in_parts_is_the_step_of_one_batch():
+    """The parts of a mixed step add up to the batch: the same loss values and gradients (eval
+    mode and images of one size, so neither batch statistics nor padding differ), the
+    predictor's losses once, and the per-bin EMA folded once from every part's matches."""
+    m = model("elastic").eval()
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 80, generator=g) for _ in range(4)]
+    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.1, 0.1]][:1 + i % 2]),
+                "labels": torch.tensor([0, 2][:1 + i % 2]),
+                "orig_size": torch.tensor([64, 80])} for i in range(4)]
+    phi = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    opts = ElasticLossOptions.for_base_size(64)
+    results = []
+    for parts in (None, [[2, 0], [3], [1]]):
+        crit = build_criterion(3, TINY.num_decoder_layers, opts)
+        values, grads = _step(m, crit, images, targets, phi, parts, scale=images)
+        results.append((values, grads, crit.bin_ema.value))
+    (v1, g1, e1), (v2, g2, e2) = results
+    assert v1.keys() == v2.keys() and "loss_scale" in v1
+    for k in v1:
+        assert v2[k] == pytest.approx(v1[k], rel=1e-4, abs=1e-6), k
+    assert g1.keys() == g2.keys() and any(k.startswith("predictor.") for k in g1)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(e2, e1)

@@ -166,3 +166,26 @@ def test_model_overfits_two_images():
         from torchvision.ops import box_iou
         assert box_iou(det["boxes"], gt).item() > 0.7
         assert det["labels"].item() == t["labels"].item()
+
+
+def test_group_norm_backbone_is_the_same_function_in_training_and_inference():
+    """With norm="group" every image is normalised on its own: a batch of images of one kind
+    (an elastic batch) gives each image the output it gets alone and in eval mode, which a
+    batch-norm backbone in training mode does not."""
+    from elastic_lab.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 64, 64)
+    images[2:] *= 0.3  # two darker images: batch statistics differ from single-image ones
+    mask = torch.zeros(4, 64, 64, dtype=torch.bool)
+    for norm, same in (("group", True), ("batch", False)):
+        net = Backbone("resnet18", None, "layer3", norm=norm).train()
+        batch = net(images, mask)[0]
+        alone = net(images[:1], mask[:1])[0]
+        assert torch.allclose(batch[:1], alone, atol=1e-5) == same
+        if same:
+            torch.testing.assert_close(net.eval()(images, mask)[0], batch, rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d)
+                   for m in Backbone("resnet18", None, norm="group").modules())
+    with pytest.raises(ValueError, match="group"):
+        Backbone("resnet18", "imagenet", norm="group")

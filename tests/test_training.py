@@ -99,13 +99,14 @@ def test_bucketed_pools_keep_padding_under_15_percent():
     assert 1 - used / padded <= 0.15
 
 
-def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path):
+@pytest.mark.parametrize("batching", ["grouped", "mixed"])
+def test_resume_reproduces_uninterrupted_losses(synth_dir, tmp_path, batching):
     full, part = tmp_path / "full", tmp_path / "part"
     # hflip: the flips of a resumed pool are those of the interrupted one
-    train(smoke(synth_dir, full, "elastic", 6, hflip=0.5))
-    train(smoke(synth_dir, part, "elastic", 3, hflip=0.5))  # stops mid-pool
+    train(smoke(synth_dir, full, "elastic", 6, hflip=0.5, batching=batching))
+    train(smoke(synth_dir, part, "elastic", 3, hflip=0.5, batching=batching))  # mid-pool
     assert load_checkpoint(part / "checkpoint.pt")["pending_plan"]
-    resumed = smoke(synth_dir, part, "elastic", 6, hflip=0.5)
+    resumed = smoke(synth_dir, part, "elastic", 6, hflip=0.5, batching=batching)
     resumed.resume = True
     train(resumed)
     a, b = read_metrics(full), read_metrics(part)

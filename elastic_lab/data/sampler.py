@@ -27,11 +27,14 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
     return batch[rank::world_size]
 
 
-def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+def group_by_size(sizes: list[tuple[int, int]], batch_size: int,
+                  max_padding: float | None = None) -> list[list[int]]:
     """Split positions 0..n-1 into batches of ``batch_size`` that pad little when batched.
 
     Greedy: the largest remaining image seeds a batch; images are added one at a time, each
     time the one that adds the fewest padded pixels to the batch's (max h) x (max w) canvas.
+    With ``max_padding`` a batch is closed early when that image would make more than this
+    fraction of its canvas padding (the parts of a mixed step: engine.train_step).
     Deterministic (ties go to the larger, then the earlier image). Returns batches of
     positions into ``sizes``, largest first.
     """
@@ -50,6 +53,9 @@ def group_by_size(sizes: list[tuple[int, int]], batch_size: int) -> list[list[in
             added_padding = (len(batch) + 1) * nH * nW - (used + area[cand]) \
                 - (len(batch) * H * W - used)
             j = int(cand[np.lexsort((cand, -area[cand], added_padding))[0]])
+            canvas = (len(batch) + 1) * max(H, int(hw[j, 0])) * max(W, int(hw[j, 1]))
+            if max_padding is not None and 1 - (used + area[j]) / canvas > max_padding:
+                break
             left[j] = False
             batch.append(j)
             H, W, used = max(H, int(hw[j, 0])), max(W, int(hw[j, 1])), used + int(area[j])

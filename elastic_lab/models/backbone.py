@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .norms import norm_layer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,9 +23,9 @@ _CHANNELS = {  # channels after layer2 / layer3 / layer4
 _STRIDES = {"layer2": 8, "layer3": 16, "layer4": 32}
 
 
-def build_resnet(name: str, weights: str | None, norm_layer: type[nn.Module] | None = None
-                 ) -> nn.Module:
-    """A torchvision ResNet by name; ``weights`` None (random), "imagenet" or a weights enum name.
+def build_resnet(name: str, weights: str | None, norm: str | None = None) -> nn.Module:
+    """A torchvision ResNet by name; ``weights`` None (random), "imagenet" or a weights enum name;
+    ``norm`` one of norms.NORMS.
 
     By default pretrained backbones get frozen batch norm (as in DETR); random ones train theirs.
     """
@@ -32,12 +33,15 @@ def build_resnet(name: str, weights: str | None, norm_layer: type[nn.Module] | N
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_CHANNELS)}")
     if weights is None:
         return getattr(torchvision.models, name)(weights=None,
-                                                 norm_layer=norm_layer or nn.BatchNorm2d)
+                                                 norm_layer=norm_layer(norm or "batch"))
+    if norm == "group":
+        raise ValueError("ImageNet weights carry batch-norm statistics: use the backbone norm "
+                         "'frozen' or 'batch' with them, not 'group'")
     enum = torchvision.models.get_model_weights(name)
     w = enum.DEFAULT if weights.lower() in ("imagenet", "default") else enum[weights]
     try:
         return getattr(torchvision.models, name)(weights=w,
-                                                 norm_layer=norm_layer or FrozenBatchNorm2d)
+                                                 norm_layer=norm_layer(norm or "frozen"))
     except Exception as exc:  # URLError, HTTPError, socket errors
         raise RuntimeError(
             f"could not load ImageNet weights {w} for {name} ({exc}). They are downloaded from "
@@ -65,11 +69,12 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str = "resnet18", weights: str | None = None,
-                 return_layer: str = "layer3", freeze_stem: bool = False):
+                 return_layer: str = "layer3", freeze_stem: bool = False,
+                 norm: str | None = None):
         super().__init__()
         if return_layer not in _STRIDES:
             raise ValueError(f"return_layer must be one of {sorted(_STRIDES)}")
-        net = build_resnet(name, weights)
+        net = build_resnet(name, weights, norm)
         layers = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         keep = layers[: layers.index(return_layer) + 1]
         self.body = nn.Sequential(*[getattr(net, n) for n in keep])

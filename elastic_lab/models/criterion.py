@@ -98,6 +98,13 @@ def matched_box_losses(outputs: dict, targets: list[dict], indices: Matches
     return batch_idx, l1, 1 - giou
 
 
+def step_num_boxes(targets: list[dict]) -> float:
+    """DETR's normaliser of the detection terms: the step's boxes on this process, averaged
+    over ranks (DDP averages the gradients), at least 1."""
+    local = torch.tensor([float(sum(len(t["labels"]) for t in targets))])
+    return max(float(world_mean(local)), 1.0)
+
+
 def target_sides(targets: list[dict], image_sizes: Tensor) -> list[Tensor]:
     """Object sides sqrt(w·h) in pixels at each image's processed size [B, 2] (h, w)."""
     return [object_sides(t["boxes"], size) for t, size in zip(targets, image_sizes.float())]
@@ -136,12 +143,13 @@ class SetCriterion(nn.Module):
                 "loss_giou": giou_loss.sum() / num_boxes}
 
     def forward(self, outputs: dict, targets: list[dict], indices: Matches | None = None,
-                scale_targets: list[dict] | None = None) -> dict[str, Tensor]:
+                scale_targets: list[dict] | None = None, num_boxes: float | None = None
+                ) -> dict[str, Tensor]:
         """``scale_targets``: the targets of the images the predictor ran on, when those were
-        not the detector's batch (ElasticDETR's ``scale_images``)."""
-        # boxes per process, averaged over ranks (DDP averages the gradients): DETR's normaliser
-        local = torch.tensor([float(sum(len(t["labels"]) for t in targets))])
-        num_boxes = max(float(world_mean(local)), 1.0)
+        not the detector's batch (ElasticDETR's ``scale_images``). ``num_boxes``: the
+        detection terms' normaliser when ``targets`` are only part of the step's images
+        (:func:`step_num_boxes` of the whole step); default: that of ``targets``."""
+        num_boxes = step_num_boxes(targets) if num_boxes is None else num_boxes
 
         indices = self.matcher(outputs, targets) if indices is None else indices
         losses = self.detection_losses(outputs, targets, indices, num_boxes)
@@ -157,25 +165,40 @@ class SetCriterion(nn.Module):
         return losses
 
     @torch.no_grad()
-    def update_bin_ema(self, outputs: dict, targets: list[dict], indices: Matches) -> None:
-        """Fold one training step's matched localization losses into the per-bin EMA.
+    def matched_bin_losses(self, outputs: dict, targets: list[dict], indices: Matches,
+                           log_gamma: Tensor) -> Tensor:
+        """Sums and counts [2, 3] of the matched localization losses per size bin, this
+        process's images only (no collective).
 
         The per-object loss is L1 + (1 - GIoU) of each Hungarian-matched pair of the last decoder
         layer (``indices``), binned by the object's side at the processed size against the
-        current boundaries. Sums and counts are added over ranks (every rank must call this).
+        boundaries of ``log_gamma``.
         """
-        opt, scale = self.elastic, outputs["scale"]
+        opt = self.elastic
         _, l1, giou_loss = matched_box_losses(outputs, targets, indices)
         per_object_loc = l1.sum(1) + giou_loss                                   # [M]
         sides = target_sides(targets, outputs["image_sizes"])  # the detector's batch
         matched_sides = torch.cat([sd[j] for sd, (_, j) in zip(sides, indices)])  # [M]
-        bins = size_bins(matched_sides, scale["log_gamma"].detach(), opt.b_s, opt.b_l)
-        sums = torch.zeros(3).index_add_(0, bins.cpu(), per_object_loc.float().cpu())
-        counts = torch.zeros(3).index_add_(0, bins.cpu(), torch.ones(len(bins)))
-        sums, counts = all_sum(sums), all_sum(counts)
+        bins = size_bins(matched_sides, log_gamma.detach(), opt.b_s, opt.b_l).cpu()
+        out = torch.zeros(2, 3)
+        out[0].index_add_(0, bins, per_object_loc.float().cpu())
+        out[1].index_add_(0, bins, torch.ones(len(bins)))
+        return out
+
+    @torch.no_grad()
+    def fold_bin_losses(self, sums_counts: Tensor) -> None:
+        """Fold a step's :meth:`matched_bin_losses` (summed over its parts) into the per-bin
+        EMA. Sums and counts are added over ranks: every rank calls this once per step."""
+        sums, counts = all_sum(sums_counts.float())
         seen = counts > 0
         if seen.any():
             self.bin_ema.update((sums[seen] / counts[seen]), torch.arange(3)[seen])
+
+    def update_bin_ema(self, outputs: dict, targets: list[dict], indices: Matches) -> None:
+        """Fold one training batch's matched localization losses into the per-bin EMA
+        (:meth:`matched_bin_losses` then :meth:`fold_bin_losses`: a collective)."""
+        self.fold_bin_losses(self.matched_bin_losses(outputs, targets, indices,
+                                                     outputs["scale"]["log_gamma"]))
 
     def distribution_target(self, tau_min: float, tau_max: float) -> tuple[float, float] | None:
         """(α*, β*) of the distribution loss's target Beta now: from the per-bin loss EMA

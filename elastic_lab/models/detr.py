@@ -33,6 +33,7 @@ class DetrOptions:
     anchor_size: float = 0.1          # side of the grid anchors, fraction of the image
     anchor_cells: float | None = None  # if set: anchor side in feature cells (pixels / stride)
     freeze_stem: bool = False         # freeze conv1 + layer1 (as DETR does)
+    norm: str | None = None           # backbone norm (norms.py); None: batch, frozen if pretrained
 
 
 def grid_anchors(mask: Tensor, anchor_size: float, anchor_cells: float | None = None) -> Tensor:
@@ -107,7 +108,7 @@ class DETR(nn.Module):
 def build_detr(options: DetrOptions, num_classes: int) -> DETR:
     """Build the detector from its options."""
     backbone = Backbone(options.backbone, options.backbone_weights, options.return_layer,
-                        options.freeze_stem)
+                        options.freeze_stem, options.norm)
     transformer = TwoStageTransformer(
         num_classes, options.d_model, options.nhead, options.num_encoder_layers,
         options.num_decoder_layers, options.dim_feedforward, options.num_queries)

@@ -61,13 +61,14 @@ class ElasticDETR(nn.Module):
     def forward(self, images: list[Tensor], phi: Tensor | None = None,
                 scale_images: list[Tensor] | None = None) -> dict:
         """See the class docstring. ``scale_images``: the images the predictor runs on (with
-        gradient) when they are not the detector's batch; training feeds it a random sample
-        of the pool, while the detector's batch holds images of similar size (``phi`` given)."""
+        gradient) when they are not the detector's batch, ``phi`` given: training feeds it a
+        random sample of the pool, and an empty list when this call is one part of a step
+        whose predictor runs in another part (engine.train_step)."""
         scale = None
         if scale_images is not None:
-            if self.predictor is None or phi is None:
+            if phi is None or (scale_images and self.predictor is None):
                 raise ValueError("scale_images needs a predictor and the detector's phi")
-            scale = self.predictor(scale_images)
+            scale = self.predictor(scale_images) if scale_images else None
         elif self.predictor is not None and (self.training or phi is None):
             scale = self.predictor(images)
         if phi is None:

@@ -23,28 +23,15 @@ statistics, so they need ``norm="frozen"`` or ``"batch"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torchvision
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["NORMS", "TRUNKS", "build_trunk", "norm_layer"]
+from .norms import NORMS, norm_layer
+
+__all__ = ["NORMS", "TRUNKS", "build_trunk"]
 
 TRUNKS = ("resnet18", "mobilenet_v3_large", "mobilenet_v3_small")
-NORMS = ("group", "batch", "frozen")
 _MOBILENET_STRIDE16 = {"mobilenet_v3_large": 13, "mobilenet_v3_small": 9}  # features[:n]
-
-
-def norm_layer(kind: str) -> Callable[[int], nn.Module]:
-    """A constructor ``f(channels) -> module`` for the normalisation ``kind`` (see NORMS)."""
-    if kind == "group":
-        return lambda channels: nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
-    if kind == "batch":
-        return nn.BatchNorm2d
-    if kind == "frozen":
-        return FrozenBatchNorm2d
-    raise ValueError(f"unknown predictor norm {kind!r}; choose one of {NORMS}")
 
 
 def _weights(name: str, weights: str | None):
