@@ -1,6 +1,7 @@
 """The benchmark's figures, from the cell files and the summary: Pareto fronts with interval
 bands, φ vs object size (predicted and φ*), the oracle gap per detector, AP by object size.
-Written as one HTML file (plotly.js inline once) plus one PNG each where kaleido renders."""
+Written as one HTML file (plotly.js inline once) plus one PNG each where kaleido renders
+(it needs a Chromium; the plotly.js it loads is the copy plotly ships, so offline works)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import plotly
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from . import viz
 from .bench_cells import FIXED_FRONT
@@ -149,6 +152,9 @@ def save_figures(figs: Mapping[str, go.Figure], out: Path, png: bool = True) -> 
         "<html><head><meta charset='utf-8'><title>elastic-lab benchmark</title></head><body>"
         + "\n".join(parts) + "</body></html>", encoding="utf-8")
     status = {}
+    if png and not pio.defaults.plotlyjs:  # kaleido fetches plotly.js from a CDN otherwise
+        pio.defaults.plotlyjs = str(Path(plotly.__file__).parent / "package_data"
+                                    / "plotly.min.js")
     for name, fig in figs.items():
         if not png:
             status[name] = "PNG not written (--no-png)"

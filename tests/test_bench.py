@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 import elastic_lab.train as train_module
@@ -25,6 +27,7 @@ from elastic_lab.bench_cells import (
     train_cell,
 )
 from elastic_lab.bench_eval import loss_options_of
+from elastic_lab.bench_figures import save_figures
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index
 from elastic_lab.bench_summary import stale_cells
@@ -331,3 +334,15 @@ def test_a_cell_of_an_older_recipe_is_flagged(smoke):
         **cells["elastic_s0"]["recipe"], "train": {**cells["elastic_s0"]["recipe"]["train"],
                                                    "lr": 1.0}}}
     assert stale_cells(cells) == ["elastic_s0"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="kaleido needs a Chromium")
+def test_figures_render_to_png_offline(tmp_path):
+    """kaleido loads plotly.js from a CDN unless told otherwise; save_figures points it at the
+    copy plotly ships, so PNGs render on a machine without internet (this one)."""
+    fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[0.2, 0.3, 0.25]))
+    status = save_figures({"front": fig}, tmp_path)
+    assert status == {"front": "front.png"}
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert save_figures({"front": fig}, tmp_path / "no", png=False)["front"].startswith(
+        "PNG not written")
