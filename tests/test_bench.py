@@ -56,7 +56,8 @@ def test_the_recipe_is_the_command_line_of_its_constants():
             "--thumb-size", r.THUMB_SIZE, "--predictor-size-bins", r.PREDICTOR_SIZE_BINS,
             "--pretrain-steps", r.PRETRAIN_STEPS, "--pretrain-batch-size",
             r.PRETRAIN_BATCH_SIZE, "--pretrain-lr", r.PRETRAIN_LR,
-            "--distribution-loss", r.DISTRIBUTION_LOSS, "--compute-budget", r.COMPUTE_BUDGET]
+            "--distribution-loss", r.DISTRIBUTION_LOSS, "--compute-budget", r.COMPUTE_BUDGET,
+            "--backbone-norm", r.BACKBONE_NORM, "--batching", r.BATCHING]
     argv = [str(a) for a in argv] + (["--freeze-stem"] if r.FREEZE_STEM else []) + (
         ["--amp"] if r.AMP else [])
     parser = argparse.ArgumentParser()
