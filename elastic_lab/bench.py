@@ -43,6 +43,7 @@ from .bench_cells import (
     SEEDS,
     Cell,
     all_cells,
+    calibrate_cell,
     cell_config,
     machine,
     missing_cells,
@@ -117,6 +118,7 @@ def run_cell(opts: BenchOptions, name: str) -> dict:
                          opts.smoke)
     ckpt, training = train_cell(config)
     start = time.perf_counter()
+    ckpt, calibration = calibrate_cell(ckpt, config, opts.smoke)
     model, meta = load_model(ckpt, device)
     dataset = report_dataset(opts, meta["categories"])
     cache = load_flops_cache(opts)
@@ -126,7 +128,7 @@ def run_cell(opts: BenchOptions, name: str) -> dict:
     save_flops_cache(opts, cache)
     out = {"cell": name, "run": cell.run, "seed": cell.seed, "role": cell.spec.role,
            "note": cell.spec.note, **_stamp(opts, device), "recipe": config.to_dict(),
-           "training": training, **result,
+           "training": training, "evaluated": ckpt.name, "calibration": calibration, **result,
            "evaluation_seconds": round(time.perf_counter() - start, 1)}
     write_cell(Path(opts.out) / "cells", name, out)
     return out
@@ -139,8 +141,9 @@ def run_latency(opts: BenchOptions) -> dict:
     models, names = [], []
     for run in LATENCY_PAIR:
         cell = Cell(run, opts.seeds[0])
-        ckpt, _ = train_cell(cell_config(cell, Path(opts.out) / "runs", opts.data, opts.device,
-                                         opts.amp, opts.smoke))
+        config = cell_config(cell, Path(opts.out) / "runs", opts.data, opts.device, opts.amp,
+                             opts.smoke)
+        ckpt, _ = calibrate_cell(train_cell(config)[0], config, opts.smoke)
         models.append(load_model(ckpt, device))
         names.append(cell.name)
     (model, meta), (reference, ref_meta) = models

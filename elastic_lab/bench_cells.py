@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import recipes
+from .calibrate import calibrate_checkpoint
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .experiments import train_run, trained_seconds
@@ -135,6 +136,23 @@ def train_cell(config: TrainConfig) -> tuple[Path, dict]:
     (experiments.train_run). Returns (checkpoint, training summary)."""
     ckpt = train_run(config)
     return ckpt, training_summary(ckpt, config)
+
+
+def calibrate_cell(ckpt: Path, config: TrainConfig, smoke: bool = False
+                   ) -> tuple[Path, dict | None]:
+    """The checkpoint a cell is evaluated with: for runs trained at many scales (multi-scale,
+    elastic) ``calibrated.pt`` beside ``ckpt``, with the recipe's per-scale batch-norm
+    statistics (calibrate.py; redone when ``ckpt`` is newer), and its calibration summary;
+    fixed runs: ``ckpt`` itself and None."""
+    if config.model.mode == "fixed" or not recipes.SCALE_STATS_BINS:
+        return ckpt, None
+    out = ckpt.parent / "calibrated.pt"
+    if not out.is_file() or out.stat().st_mtime < ckpt.stat().st_mtime:
+        images = recipes.SMOKE_CALIBRATION_IMAGES if smoke else recipes.CALIBRATION_IMAGES
+        bin_images = min(images, recipes.CALIBRATION_BIN_IMAGES)
+        calibrate_checkpoint(ckpt, config.data, out, recipes.SCALE_STATS_BINS, config.split,
+                             images, bin_images, config.device)
+    return out, load_checkpoint(out)["calibration"]
 
 
 def training_summary(ckpt: Path, config: TrainConfig) -> dict:

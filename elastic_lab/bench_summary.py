@@ -26,7 +26,7 @@ from .bench_stats import (
     seed_summary,
     target_check,
 )
-from .config import EXECUTION_FIELDS
+from .config import TrainConfig
 
 # issue 16's targets
 FIXED_SAVING, MULTISCALE_SAVING, LATENCY_RATIO, PREDICTOR_SHARE = 0.15, 0.26, 0.8, 0.05
@@ -260,8 +260,12 @@ def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
         c = parse_cell(name)
         make = recipes.smoke_recipe_config if cell.get("smoke") else recipes.recipe_config
         want = make(c.run, c.seed).recipe_dict()
-        have = {k: v for k, v in cell["recipe"].items() if k not in EXECUTION_FIELDS}
-        if json.loads(json.dumps(want)) != have:
+        try:  # options added since the cell was trained take the values it trained with
+            have = TrainConfig.from_dict(cell["recipe"]).recipe_dict()
+        except (TypeError, ValueError, KeyError):
+            out.append(name)
+            continue
+        if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
             out.append(name)
     return out
 

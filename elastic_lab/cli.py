@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("elastic_lab.bench", "the research benchmark: cells of (run, seed), report"),
     "predictor-study": ("elastic_lab.predictor_study",
                         "how fast each scale-predictor design learns its targets"),
+    "calibrate": ("elastic_lab.calibrate",
+                  "fill a trained detector's per-scale batch-norm statistics"),
     "export": ("elastic_lab.export", "write a small inference checkpoint"),
     "dota-split": ("elastic_lab.data.dota_split", "split DOTA images into COCO-format patches"),
     "synth-aerial": ("elastic_lab.data.synth_aerial", "generate a DOTA-format aerial set"),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint, save_checkpoint
 
-KEEP = ("model", "model_options", "categories", "train_options", "loss_options", "step")
+KEEP = ("model", "model_options", "categories", "train_options", "loss_options", "step",
+        "calibration")
 
 
 def export_checkpoint(src: str | Path, out: str | Path, half: bool = True,

@@ -44,7 +44,7 @@ WORKERS = 1
 LOG_EVERY = 50
 AMP = False                      # bf16/fp16 autocast: --amp on GPUs and on CPUs with bf16 units
 ANCHOR_CELLS = 1.6               # pixel-sized detector anchors, every mode
-BACKBONE_NORM = "group"          # the detector's backbone normalisation, every mode (norms.py)
+BACKBONE_NORM = None             # the detector's backbone norm (norms.py): None = trainable batch norm
 TAU_MIN, TAU_MAX = 0.5, 1.5
 # the elastic model's predictor and losses
 BATCHING = "mixed"               # elastic: steps are random samples run in parts (engine.py)
@@ -57,9 +57,15 @@ PRETRAIN_BATCH_SIZE = 16
 PRETRAIN_LR = 5e-4
 DISTRIBUTION_LOSS = "budget"
 COMPUTE_BUDGET = 0.8
+# after training, models trained at many scales (multi-scale, elastic) get per-scale batch-norm
+# statistics (models/scale_norm.py, calibrate.py); fixed models keep their one scale's
+SCALE_STATS_BINS = 9             # φ = 0.5, 0.625, …, 1.5
+CALIBRATION_IMAGES = 600         # unlabelled training images
+CALIBRATION_BIN_IMAGES = 64      # fewest per bin
 # the smoke variant (seconds per run)
 SMOKE_STEPS = 2
 SMOKE_PRETRAIN_STEPS = 2
+SMOKE_CALIBRATION_IMAGES = 8
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
 # fixed_1.00, multiscale and elastic at seed 0, same data, detector and budget. They train in the
 # benchmark's cell folders (benchmarks/runs/<run>_s0), so one training serves both: a finished
 # run there is kept, a stopped one resumed (experiments.train_run).
+# Models trained at many scales (multiscale, elastic) then get per-scale batch-norm statistics
+# (elastic-lab calibrate, beside the run as calibrated.pt), as the benchmark's cells do.
 # Each model is evaluated on the val split; the evaluation files are committed in
 # checkpoints/evals/ (the numbers of checkpoints/README.md and of the README come from them,
 # tests/test_docs.py checks it) and stored as the model card of the exported file.
@@ -26,15 +28,21 @@ mkdir -p "$EVALS"
 for mode in $MODES; do
   run="$RUNS/${CELL[$mode]}"
   $BIN/elastic-lab recipe "$mode" --seed 0 --data "$DATA" --out "$run" --device "$DEVICE" $AMP
+  ckpt="$run/checkpoint.pt"
+  if [ "$mode" != fixed ]; then
+    $BIN/elastic-lab calibrate --checkpoint "$ckpt" --data "$DATA" --out "$run/calibrated.pt" \
+      --device "$DEVICE"
+    ckpt="$run/calibrated.pt"
+  fi
   # float32 evaluation, at phi = 1 (fixed, multiscale) or the predicted phi (elastic)
-  $BIN/elastic-lab eval --checkpoint "$run/checkpoint.pt" --data "$DATA" --split val \
+  $BIN/elastic-lab eval --checkpoint "$ckpt" --data "$DATA" --split val \
     --device "$DEVICE" --json "$EVALS/${mode}_val.json"
   if [ "$mode" = multiscale ]; then
     for phi in 0.75 1.25; do
-      $BIN/elastic-lab eval --checkpoint "$run/checkpoint.pt" --data "$DATA" --split val \
+      $BIN/elastic-lab eval --checkpoint "$ckpt" --data "$DATA" --split val \
         --scale "$phi" --device "$DEVICE" --json "$EVALS/${mode}_val_phi${phi}.json"
     done
   fi
-  $BIN/elastic-lab export --checkpoint "$run/checkpoint.pt" --half \
+  $BIN/elastic-lab export --checkpoint "$ckpt" --half \
     --card "$EVALS/${mode}_val.json" --out "checkpoints/${mode}_synth.pt"
 done

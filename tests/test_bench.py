@@ -57,7 +57,8 @@ def test_the_recipe_is_the_command_line_of_its_constants():
             "--pretrain-steps", r.PRETRAIN_STEPS, "--pretrain-batch-size",
             r.PRETRAIN_BATCH_SIZE, "--pretrain-lr", r.PRETRAIN_LR,
             "--distribution-loss", r.DISTRIBUTION_LOSS, "--compute-budget", r.COMPUTE_BUDGET,
-            "--backbone-norm", r.BACKBONE_NORM, "--batching", r.BATCHING]
+            "--batching", r.BATCHING] + (
+                ["--backbone-norm", r.BACKBONE_NORM] if r.BACKBONE_NORM else [])
     argv = [str(a) for a in argv] + (["--freeze-stem"] if r.FREEZE_STEM else []) + (
         ["--amp"] if r.AMP else [])
     parser = argparse.ArgumentParser()
@@ -211,7 +212,9 @@ def test_smoke_bench_writes_one_small_file_per_cell(smoke):
 
 
 def _smoke_model(out, opts, cell):
-    model, meta = load_model(out / "runs" / cell / "checkpoint.pt", "cpu")
+    evaluated = read_cells(out / "cells")[cell]["evaluated"]  # calibrated.pt: many-scale runs
+    assert evaluated == ("checkpoint.pt" if cell.startswith("fixed") else "calibrated.pt")
+    model, meta = load_model(out / "runs" / cell / evaluated, "cpu")
     image_dir, ann = split_paths(opts.data, "test")
     return model, meta, first_images(CocoDetection(image_dir, ann, categories=meta["categories"]),
                                      opts.eval_images)
@@ -335,6 +338,13 @@ def test_a_cell_of_an_older_recipe_is_flagged(smoke):
         **cells["elastic_s0"]["recipe"], "train": {**cells["elastic_s0"]["recipe"]["train"],
                                                    "lr": 1.0}}}
     assert stale_cells(cells) == ["elastic_s0"]
+    # an option added after a cell was trained takes the value that cell trained with: fixed
+    # runs were grouped before `batching` existed (not stale), elastic runs are mixed now
+    older = read_cells(out / "cells")
+    for name in ("fixed_1.00_s0", "elastic_s0"):
+        older[name] = {**older[name], "recipe": json.loads(json.dumps(older[name]["recipe"]))}
+        del older[name]["recipe"]["train"]["batching"]
+    assert stale_cells(older) == ["elastic_s0"]
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="kaleido needs a Chromium")

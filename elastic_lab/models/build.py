@@ -9,6 +9,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint
 from .detr import DetrOptions, build_detr
 from .elastic_detr import ElasticDETR
+from .scale_norm import bin_centres, convert_scale_norm
 from .scale_predictor import ScalePredictor
 
 MODES = ("fixed", "multiscale", "elastic")
@@ -36,6 +37,7 @@ class ModelOptions:
     predictor_norm: str = "batch"         # group | batch | frozen (predictor_trunk.py)
     predictor_size_bins: int = 0          # > 0: dense size head with that many bins (size_map.py)
     fixed_phi: float = 1.0            # the scale of models without a predictor (fixed mode)
+    scale_stats_bins: int = 0         # > 0: per-scale batch-norm statistics, K bins (scale_norm.py)
     detr: DetrOptions = field(default_factory=DetrOptions)
 
     def to_dict(self) -> dict:
@@ -59,6 +61,9 @@ def build_model(opts: ModelOptions, num_classes: int) -> ElasticDETR:
     if not 0 < opts.tau_min <= opts.tau_max:
         raise ValueError(f"need 0 < tau_min <= tau_max, got {opts.tau_min}, {opts.tau_max}")
     detector = build_detr(opts.detr, num_classes)
+    if opts.scale_stats_bins:
+        convert_scale_norm(detector, bin_centres(opts.tau_min, opts.tau_max,
+                                                 opts.scale_stats_bins))
     predictor = None
     if opts.mode == "elastic":
         predictor = ScalePredictor(opts.tau_min, opts.tau_max, opts.thumb_size,

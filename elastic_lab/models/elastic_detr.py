@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..resize import pad_batch, phi_from_u, processed_size, resize_image
 from .detr import DETR, postprocess
+from .scale_norm import scale_bins
 from .scale_predictor import ScalePredictor
 
 
@@ -78,7 +79,8 @@ class ElasticDETR(nn.Module):
         resized = [resize_image(im, float(p), self.base_size, self.max_size, self.stride)
                    for im, p in zip(images, phi.tolist())]
         batch, mask = pad_batch(resized, self.stride)
-        out = self.detector(batch, mask)
+        with scale_bins(self.detector, phi):  # per-scale statistics, if any (scale_norm.py)
+            out = self.detector(batch, mask)
         image_sizes = torch.tensor([tuple(r.shape[-2:]) for r in resized], device=batch.device)
         out["phi"] = phi
         out["image_sizes"] = image_sizes
