@@ -260,12 +260,7 @@ def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
         c = parse_cell(name)
         make = recipes.smoke_recipe_config if cell.get("smoke") else recipes.recipe_config
         want = make(c.run, c.seed).recipe_dict()
-        try:  # options added since the cell was trained take the values it trained with
-            have = TrainConfig.from_dict(cell["recipe"]).recipe_dict()
-        except (TypeError, ValueError, KeyError):
-            out.append(name)
-            continue
-        if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
+        if json.loads(json.dumps(want)) != TrainConfig.stored_recipe(cell["recipe"]):
             out.append(name)
     return out
 

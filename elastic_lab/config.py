@@ -15,6 +15,7 @@ smoke mode and their fallback models.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 from .models.build import ModelOptions
@@ -107,6 +108,18 @@ class TrainConfig:
         """:meth:`to_dict` without :data:`EXECUTION_FIELDS`: what the run trains, not where or
         how it executed (two configs with equal recipe dicts train the same model)."""
         return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
+    @classmethod
+    def stored_recipe(cls, d: dict) -> dict | None:
+        """The :meth:`recipe_dict` of a stored :meth:`to_dict` (a run's stamp, a benchmark
+        cell), read through today's options: an option added since it was written takes the
+        value it trained with (the dataclass default, or the legacy value of
+        models.build.LEGACY_*), so adding an option does not make old runs look different.
+        None when the dict no longer reads (an option was removed or renamed)."""
+        try:
+            return json.loads(json.dumps(cls.from_dict(d).recipe_dict()))
+        except (TypeError, ValueError, KeyError):
+            return None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import EXECUTION_FIELDS, TrainConfig, smoke_config
+from .config import TrainConfig, smoke_config
 from .data.coco import load_coco, read_annotation_json
 from .data.synth import generate_split
 from .models.build import load_model
@@ -147,11 +147,9 @@ def _same_run(done: dict, wanted: dict) -> bool:
     """Whether a stamp ``done`` records the run of ``wanted``: the same training annotations and
     the same recipe (config.EXECUTION_FIELDS aside: a run trained with --amp or on another
     device is the same run)."""
-    def recipe(stamp: dict) -> dict:
-        return {k: v for k, v in json.loads(json.dumps(stamp.get("config") or {})).items()
-                if k not in EXECUTION_FIELDS}
-    return (done.get("annotations_sha1") == wanted["annotations_sha1"]
-            and bool(done.get("config")) and recipe(done) == recipe(wanted))
+    have = TrainConfig.stored_recipe(done["config"]) if done.get("config") else None
+    return (done.get("annotations_sha1") == wanted["annotations_sha1"] and have is not None
+            and have == TrainConfig.stored_recipe(wanted["config"]))
 
 
 def train_run(config: TrainConfig, reuse: bool = True) -> Path:

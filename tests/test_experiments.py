@@ -66,6 +66,19 @@ def test_train_run_reuses_identical_runs_and_refuses_foreign_folders(synth_dir, 
     other = replace(run_config(synth_dir, out, "elastic", 2), amp=True, workers=3,
                     warm_start_cache=str(tmp_path / "cache"))
     assert train_run(other) == ckpt and ckpt.stat().st_mtime_ns == stamp
+    # a run stamped before an option existed (it trained with the option's legacy value) is
+    # the same run: adding an option to the code must not throw finished runs away
+    stamp_file = out / "experiment_run.json"
+    written = json.loads(stamp_file.read_text())
+    older = json.loads(json.dumps(written))
+    del older["config"]["model"]["scale_stats_bins"], older["config"]["train"]["batching"]
+    stamp_file.write_text(json.dumps(older))
+    assert train_run(run_config(synth_dir, out, "elastic", 2)) == ckpt
+    assert ckpt.stat().st_mtime_ns == stamp
+    older["config"]["train"]["batching"] = "mixed"  # ... but a different value is another run
+    stamp_file.write_text(json.dumps(older))
+    train_run(run_config(synth_dir, out, "elastic", 2))
+    assert ckpt.stat().st_mtime_ns != stamp
     train_run(run_config(synth_dir, out, "elastic", 1))  # other options: fresh run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # the old rows were not mixed in
