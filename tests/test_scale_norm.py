@@ -61,6 +61,12 @@ def test_each_image_is_normalised_with_the_statistics_of_its_own_bin():
                                   bn.weight, bn.bias, False, 0.0, bn.eps))
         torch.testing.assert_close(out[b:b + 1], ref)
     assert bn.bins is None  # the bins hold only inside the block
+    # a batch whose images share one bin (batch 1, a size-grouped batch) takes the fused
+    # kernel: the same outputs as those images in a mixed batch, and not the running average
+    with scale_bins(net, torch.tensor([1.1, 0.95])):  # both in bin 2
+        same = net(x[1:3])
+    torch.testing.assert_close(same[0], out[1])
+    assert not torch.allclose(same, net(x[1:3]))
     net.train()
     with scale_bins(net, phi):  # training normalises with batch statistics, bins or not
         torch.testing.assert_close(net(x), F.relu(F.batch_norm(
