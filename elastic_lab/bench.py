@@ -79,6 +79,7 @@ class BenchOptions:
     scales: tuple[float, ...] = SWEEP
     latency_images: int = 30
     latency_repeats: int = 20
+    latency_files: tuple[str, str] | None = None  # time these (elastic, fixed) checkpoint files
     synth_sizes: tuple[int, int, int] = (2000, 300, 300)
     device: str = "auto"
     amp: bool = False
@@ -136,16 +137,24 @@ def run_cell(opts: BenchOptions, name: str) -> dict:
 
 def run_latency(opts: BenchOptions) -> dict:
     """The latency cell: elastic against fixed_1.00 at the first seed (trained when their run
-    folders are missing), interleaved in this process."""
+    folders are missing), interleaved in this process. With ``opts.latency_files`` it times
+    those two checkpoint files instead (e.g. the shipped exports of the same runs: time depends
+    on the architecture and the chosen φ, not on the run folder), and records each file's
+    origin (its card's ``checkpoint``)."""
     device = resolve_device(opts.device)
-    models, names = [], []
-    for run in LATENCY_PAIR:
-        cell = Cell(run, opts.seeds[0])
-        config = cell_config(cell, Path(opts.out) / "runs", opts.data, opts.device, opts.amp,
-                             opts.smoke)
-        ckpt, _ = calibrate_cell(train_cell(config)[0], config, opts.smoke)
+    models, names, origins = [], [], []
+    for run, given in zip(LATENCY_PAIR, opts.latency_files or (None, None)):
+        if given is None:
+            cell = Cell(run, opts.seeds[0])
+            config = cell_config(cell, Path(opts.out) / "runs", opts.data, opts.device,
+                                 opts.amp, opts.smoke)
+            ckpt, _ = calibrate_cell(train_cell(config)[0], config, opts.smoke)
+            name = cell.name
+        else:
+            ckpt = name = str(given)
         models.append(load_model(ckpt, device))
-        names.append(cell.name)
+        names.append(name)
+        origins.append((models[-1][1].get("card") or {}).get("checkpoint", str(ckpt)))
     (model, meta), (reference, ref_meta) = models
     dataset = report_dataset(opts, meta["categories"])
     cache = load_flops_cache(opts)
@@ -155,7 +164,8 @@ def run_latency(opts: BenchOptions) -> dict:
                             flops=SharedFlops(model, meta, cache),
                             reference_flops=SharedFlops(reference, ref_meta, cache))
     save_flops_cache(opts, cache)
-    out = {"cell": LATENCY, "model": names[0], "reference": names[1], **_stamp(opts, device),
+    out = {"cell": LATENCY, "model": names[0], "reference": names[1],
+           "origins": origins, **_stamp(opts, device),
            **result, "seconds": round(time.perf_counter() - start, 1)}
     write_cell(Path(opts.out) / "cells", LATENCY, out)
     return out
@@ -228,6 +238,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rebuild results.md/json and the figures from the cell files")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
                    help="seeds of the main runs (the ablations use the first)")
+    p.add_argument("--latency-files", default=None, metavar="ELASTIC.pt,FIXED.pt",
+                   help="the latency cell times these two checkpoints instead of the seed's "
+                        "run folders (e.g. the shipped exports of elastic_s0, fixed_1.00_s0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; recorded in every cell)")
     p.add_argument("--no-png", action="store_true", help="figures as HTML only")
@@ -243,7 +256,21 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return replace(opts, cells=tuple(c for c in args.cells.split(",") if c) if args.cells
                    else None, max_cells=args.max_cells, report_only=args.report_only,
                    device=args.device, amp=args.amp, png=opts.png and not args.no_png,
-                   threads=args.threads or opts.threads)
+                   threads=args.threads or opts.threads,
+                   latency_files=_file_pair(args.latency_files))
+
+
+def _file_pair(text: str | None) -> tuple[str, str] | None:
+    """``--latency-files A,B`` as a pair of existing files (None when not given)."""
+    if text is None:
+        return None
+    files = tuple(f.strip() for f in text.split(","))
+    if len(files) != 2 or not all(files):
+        raise SystemExit(f"--latency-files: need two files ELASTIC.pt,FIXED.pt, got {text!r}")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise SystemExit(f"--latency-files: no such file: {', '.join(missing)}")
+    return files
 
 
 def run(args: argparse.Namespace) -> int:

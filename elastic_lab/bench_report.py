@@ -62,9 +62,10 @@ def _dap(x) -> str:
 
 def settings(cells: Mapping[str, Mapping]) -> list[str]:
     """The shared settings, read off the cells (recipe, split, images, machines)."""
-    main = [c for n, c in cells.items() if "recipe" in c]
-    if not main:
+    named = [(n, c) for n, c in cells.items() if "recipe" in c]
+    if not named:
         return []
+    main = [c for _, c in named]
     r = main[0]["recipe"]
     ev = main[0]["evaluation"]
     machines = sorted({f"{c['machine']['device_name']} ({c['machine']['device']}, torch "
@@ -77,6 +78,12 @@ def settings(cells: Mapping[str, Mapping]) -> list[str]:
         f", thumbnail {el['model']['thumb_size']}, {el['model']['predictor_size_bins']} size "
         f"bins, warm start {el['train']['pretrain_steps']} steps, distribution loss "
         f"{el['loss']['distribution']} (budget {el['loss']['compute_budget']:g})")
+    cal = {n: c["calibration"] for n, c in named if c.get("calibration")}
+    calibrated = "" if not cal else (
+        " Runs trained at many scales are evaluated with per-scale batch-norm statistics ("
+        + "; ".join(f"{n}: {len(c['centres'])} φ bins from {c['num_images']} unlabelled "
+                    f"training images" for n, c in sorted(cal.items()))
+        + "; filled after training by `elastic-lab calibrate`).")
     drop = f" (÷10 after {r['train']['lr_drop']:g} of the steps)" if r["train"]["lr_drop"] else ""
     return [(f"Recipe (`elastic_lab/recipes.py`{', smoke variant' if smoke else ''}): "
              f"{r['train']['max_steps']} steps × batch {r['train']['batch_size']}, lr "
@@ -89,7 +96,7 @@ def settings(cells: Mapping[str, Mapping]) -> list[str]:
             f"tuned on it), sweep φ ∈ {{{', '.join(f'{s:g}' for s in ev['scales'])}}}, "
             f"{ev['bootstrap']['replicas']} paired bootstrap replicas over test images "
             f"(`bootstrap_indices(n, {ev['bootstrap']['replicas']}, seed="
-            f"{ev['bootstrap']['seed']})`), 95 % percentile intervals."),
+            f"{ev['bootstrap']['seed']})`), 95 % percentile intervals.{calibrated}"),
             "Machines: " + "; ".join(machines) + "."]
 
 
@@ -112,16 +119,41 @@ def headline_lines(s: Mapping) -> list[str]:
         lines.append(f"| {label} | {mean_sd(saved)} | {ci(saved['interval'])} "
                      f"| {per_seed(saved)} | {mean_sd(gain, _dap)} | "
                      f"{ci(gain['interval'], _dap)} | {per_seed(gain, _dap)} |")
+    never = multiscale_never_reaches(s)
+    best = best_fixed(s)
+    return lines + (["", never] if never else []) + (["", best] if best else [])
+
+
+def multiscale_never_reaches(s: Mapping) -> str | None:
+    """When the multi-scale sweep never reaches the elastic AP (compute saved ∞ on every
+    resample), the sentence that says so with its best point; None otherwise."""
+    saved = s["headline"]["multiscale"]["compute_saved"]
+    sweep = (s.get("detectors") or {}).get("multiscale", {}).get("sweep")
+    def unbounded(v) -> bool:  # +inf in memory, "inf" once written to results.json
+        return v == "inf" or (isinstance(v, float) and math.isinf(v) and v > 0)
+    if not sweep or not unbounded(saved["mean"]) or not saved["interval"] or not all(
+            unbounded(v) for v in saved["interval"]):
+        return None
+    phi, top = max(sweep.items(), key=lambda kv: kv[1]["AP"]["mean"])
+    return (f"Multi-scale never reaches the elastic AP on any resample: its best sweep point is "
+            f"AP {_ap(top['AP']['mean'])} at φ = {float(phi):g} "
+            f"({num(top['gflops']['mean'], '.2f')} GFLOPs), so the compute saved against it is "
+            "unbounded (∞) and the AP gain at equal GFLOPs is the comparison that has a size.")
+
+
+def best_fixed(s: Mapping) -> str | None:
+    """The best single fixed resolution (highest mean AP of the front) against elastic, in one
+    sentence; None until the front and elastic share a seed."""
     b = s.get("best_fixed")
-    if b:
-        lines += ["", f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
-                  f"{_ap(b['mean_ap'])}; the front: "
-                  + ", ".join(f"{r} {_ap(v)}" for r, v in b["mean_ap_by_run"].items())
-                  + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], _dap)} "
-                  f"{ci(b['elastic_ap_minus_best']['interval'], _dap)}, GFLOPs ratio "
-                  f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
-                  f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}."]
-    return lines
+    if not b:
+        return None
+    return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
+            f"{_ap(b['mean_ap'])}; the front: "
+            + ", ".join(f"{r} {_ap(v)}" for r, v in b["mean_ap_by_run"].items())
+            + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], _dap)} "
+            f"{ci(b['elastic_ap_minus_best']['interval'], _dap)}, GFLOPs ratio "
+            f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
+            f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}.")
 
 
 def verdict(s: Mapping) -> str:
@@ -211,6 +243,10 @@ def target_lines(s: Mapping) -> list[str]:
                   f"{mean_sd(g['detector_at_phi1'], _dap)} "
                   f"{ci(g['detector_at_phi1']['interval'], _dap)}; γ "
                   f"{mean_sd(g['gamma'], _ap)}.")]
+    late = [t for t in s["targets"] if t["name"] == "latency" and t["met"] is False]
+    split = _latency_split(s.get("latency") or {})
+    if late and split:
+        lines.append("- latency: " + split[1][len("Where the time goes: "):])
     return lines
 
 
@@ -278,8 +314,12 @@ def latency_lines(s: Mapping) -> list[str]:
     lines = ["## Latency (paired, one process)", ""]
     if not lat:
         return lines + ["Not measured yet (cell `latency` missing)."]
+    def named(key: str, origin: str | None) -> str:
+        return f"`{lat[key]}`" + (f" (from `{origin}`)" if origin and origin != lat[key] else "")
+    origins = lat.get("origins") or [None, None]
     return lines + [
-        (f"`{lat['model']}` against `{lat['reference']}` on {lat['images']} test images, batch 1,"
+        (f"{named('model', origins[0])} against {named('reference', origins[1])} on "
+         f"{lat['images']} test images, batch 1,"
         f" {lat['repeats']} interleaved repeats per image (alternating order), on "
         f"{lat['machine']['device_name']} ({lat['machine']['device']}). Median per-image time "
         f"ratio {num(lat['median_ratio'], '.3f')} "
@@ -287,7 +327,21 @@ def latency_lines(s: Mapping) -> list[str]:
         f" ({num(lat['median_ms'], '.1f')} vs {num(lat['reference_median_ms'], '.1f')} ms): "
         f"latency saved {pct(lat['latency_saved'])} {ci(lat['latency_saved_interval'])}, "
         f"FLOPs saved on the same images {pct(lat['flops_saved'])}; latency saving / FLOPs "
-        f"saving = {num(lat['latency_to_flops_saving'], '.2f')}.")]
+        f"saving = {num(lat['latency_to_flops_saving'], '.2f')}.")] + _latency_split(lat)
+
+
+def _latency_split(lat: Mapping) -> list[str]:
+    """Where the time goes (cells that timed the elastic detector alone)."""
+    det, pred = lat.get("detector"), lat.get("predictor")
+    if not det or not pred:
+        return []
+    return ["", (f"Where the time goes: the elastic detector alone at the predicted φ saves "
+            f"{pct(det['latency_saved'])} of the fixed detector's time for "
+            f"{pct(det['flops_saved'])} of its FLOPs (ratio "
+            f"{num(det['latency_to_flops_saving'], '.2f')}); the predictor takes "
+            f"{num(pred['median_ms'], '.1f')} ms per image, "
+            f"{num(100 * pred['share_of_reference_ms'], '.1f')} % of the fixed detector's time, "
+            f"for {num(100 * pred['share_of_reference_gflops'], '.1f')} % of its FLOPs.")]
 
 
 def cell_lines(s: Mapping, expected: Sequence[str]) -> list[str]:

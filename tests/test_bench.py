@@ -250,6 +250,14 @@ def test_smoke_latency_is_paired_and_set_beside_the_flops(smoke):
     flops = 1 - sum(r["gflops"] for r in lat["per_image"]) / sum(
         r["reference_gflops"] for r in lat["per_image"])
     assert lat["flops_saved"] == pytest.approx(flops, abs=1e-3)
+    # where the time goes: the detector alone at the same φ, and the predictor's remainder
+    for r in lat["per_image"]:
+        assert 0 < r["detector_gflops"] < r["gflops"]  # the predictor adds FLOPs
+        assert r["detector_ratio"] == pytest.approx(r["detector_ms"] / r["reference_ms"],
+                                                    rel=1e-3)
+    assert lat["predictor"]["median_ms"] == pytest.approx(float(np.median(
+        [r["ms"] - r["detector_ms"] for r in lat["per_image"]])), abs=1e-3)
+    assert lat["detector"]["flops_saved"] > lat["flops_saved"]
 
 
 def test_smoke_report_is_a_function_of_the_cell_files(smoke):
