@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from elastic_lab.bench_report import elastic_choice, verdict
+from elastic_lab.bench_report import (
+    best_fixed,
+    elastic_choice,
+    multiscale_never_reaches,
+    verdict,
+)
 from elastic_lab.data.image import image_tensor
 from elastic_lab.model_cards import ROWS, elastic_lines, read_evals, shipped_table
 from elastic_lab.models.build import load_model
@@ -69,7 +74,10 @@ def test_readme_states_the_benchmark_results_of_the_committed_cells():
     cells = sorted(p.stem for p in (ROOT / "benchmarks" / "cells").glob("*.json"))
     assert sorted(results["cells"]) == cells  # results.json is up to date with the cells
     assert verdict(results) in README
-    choice = elastic_choice(results)
-    assert choice is None or choice in README
+    for sentence in (elastic_choice(results), best_fixed(results),
+                     multiscale_never_reaches(results)):
+        assert sentence is None or sentence in README, sentence
+    latency = {t["name"]: t["met"] for t in results["targets"]}["latency"]
+    assert ("the latency one is **not met**" in README) == (latency is False)
     total = len(cells) + len(results["missing"])
     assert f"**Status: {len(cells)} of {total} cells trained**" in README
