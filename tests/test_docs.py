@@ -1,7 +1,13 @@
-"""Every document the project cites exists in the repository, and nothing cites files outside it."""
+"""Every document the project cites exists in the repository, nothing cites files outside it,
+and the commands the README gives do what it says."""
 
+import argparse
 import re
+import shlex
+from dataclasses import asdict
 from pathlib import Path
+
+from elastic_lab import recipes, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "README.md", ROOT / "Makefile", *ROOT.glob("*.py"), *ROOT.glob("*/README.md"),
@@ -32,3 +38,22 @@ def test_method_doc_has_the_sections_the_code_cites():
         assert f"## §{n} " in text, f"docs/method.md lacks §{n}"
     for mark in ("**[paper]**", "**[DyRA]**", "**[ours]**"):
         assert mark in text
+
+
+def test_the_readme_command_for_the_tested_design_trains_the_recipes_elastic_model():
+    """The README's `elastic-lab train` line for other data gives the recipe's elastic design
+    (the documentation is what is under test here, so it is parsed as a user would type it)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("elastic-lab train --data DATA --mode elastic")
+    command = text[start:text.index("\n", text.index("--hflip", start))].replace("\\\n", " ")
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    got = train.config_from_args(parser.parse_args(shlex.split(command)[2:]))
+    want = recipes.recipe_config("elastic")
+    g, w = asdict(got.model), asdict(want.model)
+    for opts in (g, w):  # the detector's capacity is the user's choice for their data
+        opts["detr"].pop("num_queries")
+    assert g == w
+    assert asdict(got.loss) == asdict(want.loss)
+    for key in ("pretrain_steps", "batching", "hflip"):
+        assert getattr(got.train, key) == getattr(want.train, key), key
