@@ -1,5 +1,6 @@
 """The benchmark's report: ``results.json`` (bench_summary.summarize of the cell files),
-``results.md`` (what a reader quotes, in plain words) and the figures (bench_figures.py).
+``results.md`` (its tables and sections; the sentences a reader quotes are bench_text.py's)
+and the figures (bench_figures.py).
 Nothing here trains or evaluates: the report is a function of ``OUT/cells/*.json``."""
 
 from __future__ import annotations
@@ -15,49 +16,19 @@ from .bench_cells import read_cells
 from .bench_figures import COLUMN_LABELS, figures, save_figures
 from .bench_stats import replica_index
 from .bench_summary import ORACLE_COLUMNS, summarize
-
-
-def num(x, fmt: str = ".3f") -> str:
-    """A number, "∞" for +inf, "n/a" for None or NaN."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float) and math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    return format(x, fmt)
-
-
-def pct(x) -> str:
-    """A fraction as a signed percentage."""
-    return num(x if x is None or math.isinf(x) else 100 * x, "+.1f") + (
-        "" if x is None or math.isinf(x) else " %")
-
-
-def ci(iv: Sequence[float] | None, f=pct) -> str:
-    """An interval as "[lo, hi]"."""
-    return "n/a" if not iv else f"[{f(iv[0])}, {f(iv[1])}]"
-
-
-def mean_sd(s: Mapping | None, f=pct) -> str:
-    """A seed summary (or a mean_sd dict) as "mean ± sd (n seeds)"."""
-    if not s or s.get("mean") is None:
-        return "n/a"
-    n = len(s["seeds"]) if "seeds" in s else s.get("n", 1)
-    sd = f" ± {f(s['sd']).replace('+', '')}" if s.get("sd") is not None else ""
-    return f"{f(s['mean'])}{sd} ({n} seed{'s' if n != 1 else ''})"
-
-
-def per_seed(s: Mapping, f=pct) -> str:
-    """Per-seed estimates with their intervals."""
-    return "; ".join(f"s{k}: {f(v['value'])} {ci(v['interval'], f)}"
-                     for k, v in s.get("per_seed", {}).items()) or "n/a"
-
-
-def _ap(x) -> str:
-    return num(x, ".3f")
-
-
-def _dap(x) -> str:
-    return num(x, "+.3f")
+from .bench_text import (
+    best_fixed,
+    ci,
+    elastic_choice,
+    fmt_ap,
+    fmt_dap,
+    mean_sd,
+    multiscale_never_reaches,
+    num,
+    pct,
+    per_seed,
+    verdict,
+)
 
 
 def settings(cells: Mapping[str, Mapping]) -> list[str]:
@@ -117,97 +88,11 @@ def headline_lines(s: Mapping) -> list[str]:
         h = s["headline"][key]
         saved, gain = h["compute_saved"], h["ap_gain"]
         lines.append(f"| {label} | {mean_sd(saved)} | {ci(saved['interval'])} "
-                     f"| {per_seed(saved)} | {mean_sd(gain, _dap)} | "
-                     f"{ci(gain['interval'], _dap)} | {per_seed(gain, _dap)} |")
+                     f"| {per_seed(saved)} | {mean_sd(gain, fmt_dap)} | "
+                     f"{ci(gain['interval'], fmt_dap)} | {per_seed(gain, fmt_dap)} |")
     never = multiscale_never_reaches(s)
     best = best_fixed(s)
     return lines + (["", never] if never else []) + (["", best] if best else [])
-
-
-def multiscale_never_reaches(s: Mapping) -> str | None:
-    """When the multi-scale sweep never reaches the elastic AP (compute saved ∞ on every
-    resample), the sentence that says so with its best point; None otherwise."""
-    saved = s["headline"]["multiscale"]["compute_saved"]
-    sweep = (s.get("detectors") or {}).get("multiscale", {}).get("sweep")
-    def unbounded(v) -> bool:  # +inf in memory, "inf" once written to results.json
-        return v == "inf" or (isinstance(v, float) and math.isinf(v) and v > 0)
-    if not sweep or not unbounded(saved["mean"]) or not saved["interval"] or not all(
-            unbounded(v) for v in saved["interval"]):
-        return None
-    phi, top = max(sweep.items(), key=lambda kv: kv[1]["AP"]["mean"])
-    return (f"Multi-scale never reaches the elastic AP on any resample: its best sweep point is "
-            f"AP {_ap(top['AP']['mean'])} at φ = {float(phi):g} "
-            f"({num(top['gflops']['mean'], '.2f')} GFLOPs), so the compute saved against it is "
-            "unbounded (∞) and the AP gain at equal GFLOPs is the comparison that has a size.")
-
-
-def best_fixed(s: Mapping) -> str | None:
-    """The best single fixed resolution (highest mean AP of the front) against elastic, in one
-    sentence; None until the front and elastic share a seed."""
-    b = s.get("best_fixed")
-    if not b:
-        return None
-    return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
-            f"{_ap(b['mean_ap'])}; the front: "
-            + ", ".join(f"{r} {_ap(v)}" for r, v in b["mean_ap_by_run"].items())
-            + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], _dap)} "
-            f"{ci(b['elastic_ap_minus_best']['interval'], _dap)}, GFLOPs ratio "
-            f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
-            f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}.")
-
-
-def verdict(s: Mapping) -> str:
-    """The research question answered in one sentence, from the fixed-front comparison."""
-    saved = s["headline"]["fixed_front"]["compute_saved"]
-    if saved["mean"] is None or not saved["interval"]:
-        return ("**Answer: not yet measurable** (the fixed-resolution front or elastic is "
-                "missing).")
-    n = len(saved["seeds"])
-    low, high = saved["interval"]
-    if low > 0:
-        what, note = "beats", ""
-    elif high < 0:
-        what, note = "costs more than", ", which excludes a saving"
-    else:
-        what, note = "does not beat", ", which includes no saving"
-    return (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
-            f"{what} the fixed-resolution front beyond the test-image noise**: compute saved at "
-            f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
-
-
-def elastic_choice(s: Mapping) -> str | None:
-    """The elastic detector's choices of φ in one sentence (seed means): predicted against its
-    own φ = 1, the scale loss's φ* and the per-image AP-optimal oracle; None without an
-    elastic cell."""
-    o, gap = (s.get("oracles") or {}).get("elastic"), s.get("gap") or {}
-    if not o or not gap:
-        return None
-    n = o["own"]["AP"]["n"]
-
-    def row(key: str) -> str:
-        return f"AP {_ap(o[key]['AP']['mean'])} at {num(o[key]['gflops']['mean'], '.2f')} GFLOPs"
-    d = gap["predicted_vs_phi1"]
-    return (f"Elastic ({n} seed{'s' if n != 1 else ''}, test split): its predicted φ (mean "
-            f"{num(o['own']['mean_phi']['mean'], '.2f')}) gives {row('own')} (predictor "
-            f"included), its own detector at φ = 1 {row('phi1')}: "
-            f"{_dap(d['mean'])} AP {ci(d['interval'], _dap)} for "
-            f"{num(100 * (1 - o['own']['gflops']['mean'] / o['phi1']['gflops']['mean']), '.1f')} % "
-            "fewer GFLOPs. "
-            f"At the scale loss's optimum φ* it scores {row('loss_optimal')}; the per-image "
-            f"AP-optimal φ of the sweep (an oracle that picks on the test labels) "
-            f"{row('ap_optimal')}." + _against_fixed(s))
-
-
-def _against_fixed(s: Mapping) -> str:
-    """The fixed φ = 1 detector beside the elastic one, when its cell exists."""
-    fixed = (s.get("oracles") or {}).get("fixed_1.00")
-    d = (s.get("gap") or {}).get("detector_at_phi1") or {}
-    if not fixed or d.get("mean") is None:
-        return ""
-    return (f" The fixed detector trained at φ = 1 (`fixed_1.00`) scores AP "
-            f"{_ap(fixed['own']['AP']['mean'])} at {num(fixed['own']['gflops']['mean'], '.2f')} "
-            f"GFLOPs; the elastic detector minus the fixed one, both at φ = 1: {_dap(d['mean'])} AP "
-            f"{ci(d['interval'], _dap)} (the detector budget).")
 
 
 def target_lines(s: Mapping) -> list[str]:
@@ -226,23 +111,23 @@ def target_lines(s: Mapping) -> list[str]:
     if g and any(t["met"] is False for t in s["targets"]):
         lines += ["", "Where the gap comes from (elastic, seed means, paired 95 % intervals):",
                   (f"- oracle gap: AP-optimal φ − predicted φ = "
-                  f"{mean_sd(g['oracle_gap'], _dap)} {ci(g['oracle_gap']['interval'], _dap)}; "
+                  f"{mean_sd(g['oracle_gap'], fmt_dap)} {ci(g['oracle_gap']['interval'], fmt_dap)}; "
                   f"the same oracle lifts the fixed φ = 1 detector by "
-                  f"{mean_sd(g['fixed_oracle_gain'], _dap)} (its optimism: it picks on the "
+                  f"{mean_sd(g['fixed_oracle_gain'], fmt_dap)} (its optimism: it picks on the "
                   "test labels);"),
-                  (f"- predictor fidelity: φ* − predicted = {mean_sd(g['fidelity_gap'], _dap)} "
-                  f"{ci(g['fidelity_gap']['interval'], _dap)} (what a perfect predictor of "
-                  f"today's targets adds); Pearson(u, u*) {mean_sd(g['pearson_u'], _ap)}, "
-                  f"MAE {mean_sd(g['mae_u'], _ap)}, Spearman(φ, median object side) "
-                  f"{mean_sd(g['spearman_phi_vs_median_side'], _dap)};"),
-                  (f"- target calibration: φ* − φ = 1 = {mean_sd(g['calibration'], _dap)} "
-                  f"{ci(g['calibration']['interval'], _dap)}; predicted − φ = 1 = "
-                  f"{mean_sd(g['predicted_vs_phi1'], _dap)}; share of the φ = 1 → AP-optimal "
-                  f"gap closed by the predicted φ {mean_sd(g['closes_gap_share'], _ap)};"),
+                  (f"- predictor fidelity: φ* − predicted = {mean_sd(g['fidelity_gap'], fmt_dap)} "
+                  f"{ci(g['fidelity_gap']['interval'], fmt_dap)} (what a perfect predictor of "
+                  f"today's targets adds); Pearson(u, u*) {mean_sd(g['pearson_u'], fmt_ap)}, "
+                  f"MAE {mean_sd(g['mae_u'], fmt_ap)}, Spearman(φ, median object side) "
+                  f"{mean_sd(g['spearman_phi_vs_median_side'], fmt_dap)};"),
+                  (f"- target calibration: φ* − φ = 1 = {mean_sd(g['calibration'], fmt_dap)} "
+                  f"{ci(g['calibration']['interval'], fmt_dap)}; predicted − φ = 1 = "
+                  f"{mean_sd(g['predicted_vs_phi1'], fmt_dap)}; share of the φ = 1 → AP-optimal "
+                  f"gap closed by the predicted φ {mean_sd(g['closes_gap_share'], fmt_ap)};"),
                   (f"- detector budget: elastic detector at φ = 1 − fixed detector at φ = 1 = "
-                  f"{mean_sd(g['detector_at_phi1'], _dap)} "
-                  f"{ci(g['detector_at_phi1']['interval'], _dap)}; γ "
-                  f"{mean_sd(g['gamma'], _ap)}.")]
+                  f"{mean_sd(g['detector_at_phi1'], fmt_dap)} "
+                  f"{ci(g['detector_at_phi1']['interval'], fmt_dap)}; γ "
+                  f"{mean_sd(g['gamma'], fmt_ap)}.")]
     late = [t for t in s["targets"] if t["name"] == "latency" and t["met"] is False]
     split = _latency_split(s.get("latency") or {})
     if late and split:
@@ -258,7 +143,7 @@ def detector_lines(s: Mapping) -> list[str]:
              "|---|---|" + "---|" * (len(COCO_KEYS) + 3)]
 
     def cells_of(stats: Mapping) -> str:
-        return " | ".join(_ap(stats[k]["mean"]) + (f" ± {_ap(stats[k]['sd'])}"
+        return " | ".join(fmt_ap(stats[k]["mean"]) + (f" ± {fmt_ap(stats[k]['sd'])}"
                                                    if stats[k]["sd"] is not None else "")
                           for k in COCO_KEYS)
 
@@ -283,11 +168,11 @@ def oracle_lines(s: Mapping) -> list[str]:
              "| detector | " + " | ".join(COLUMN_LABELS[k] for k in ORACLE_COLUMNS)
              + " | AP-optimal gain [95 %] |", "|---|" + "---|" * (len(ORACLE_COLUMNS) + 1)]
     for run, o in s["oracles"].items():
-        vals = [f"{_ap(o[k]['AP']['mean'])} ({num(o[k]['gflops']['mean'], '.2f')})" if k in o
+        vals = [f"{fmt_ap(o[k]['AP']['mean'])} ({num(o[k]['gflops']['mean'], '.2f')})" if k in o
                 else "—" for k in ORACLE_COLUMNS]
         g = o["ap_optimal_gain"]
-        lines.append(f"| {run} | " + " | ".join(vals) + f" | {mean_sd(g, _dap)} "
-                     f"{ci(g['interval'], _dap)} over {o['gain_over']} |")
+        lines.append(f"| {run} | " + " | ".join(vals) + f" | {mean_sd(g, fmt_dap)} "
+                     f"{ci(g['interval'], fmt_dap)} over {o['gain_over']} |")
     return lines
 
 
@@ -299,10 +184,10 @@ def ablation_lines(s: Mapping) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in s["ablations"]:
         d = a.get("ap_minus_elastic")
-        dap = f"{_dap(d['mean'])} {ci(d['interval'], _dap)}" if d else "—"
+        dap = f"{fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)}" if d else "—"
         saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
         saved = [f"{pct(x['mean'])} {ci(x['interval'])}" if x else "n/a" for x in saved]
-        lines.append(f"| {a['run']} s{a['seed']} | {a['note']} | {_ap(a['AP'])} | {dap} | "
+        lines.append(f"| {a['run']} s{a['seed']} | {a['note']} | {fmt_ap(a['AP'])} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "
                      f"{num(a['spearman'], '+.2f')} | {saved[0]} | {saved[1]} |")

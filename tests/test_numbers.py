@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from elastic_lab.bench_report import (
+from elastic_lab.bench_text import (
     best_fixed,
     elastic_choice,
     multiscale_never_reaches,

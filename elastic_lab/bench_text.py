@@ -1,0 +1,138 @@
+"""The benchmark's answer in words: the sentences that ``results.md`` and the README quote
+(``tests/test_numbers.py`` checks the README against them) and the number formats of the report.
+Each function reads a summary (bench_summary.summarize, or the ``results.json`` written from
+it) and returns a sentence, or None while the cells it needs are missing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+
+def num(x, fmt: str = ".3f") -> str:
+    """A number, "∞" for +inf, "n/a" for None or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return format(x, fmt)
+
+
+def pct(x) -> str:
+    """A fraction as a signed percentage."""
+    return num(x if x is None or math.isinf(x) else 100 * x, "+.1f") + (
+        "" if x is None or math.isinf(x) else " %")
+
+
+def ci(iv: Sequence[float] | None, f=pct) -> str:
+    """An interval as "[lo, hi]"."""
+    return "n/a" if not iv else f"[{f(iv[0])}, {f(iv[1])}]"
+
+
+def mean_sd(s: Mapping | None, f=pct) -> str:
+    """A seed summary (or a mean_sd dict) as "mean ± sd (n seeds)"."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    n = len(s["seeds"]) if "seeds" in s else s.get("n", 1)
+    sd = f" ± {f(s['sd']).replace('+', '')}" if s.get("sd") is not None else ""
+    return f"{f(s['mean'])}{sd} ({n} seed{'s' if n != 1 else ''})"
+
+
+def per_seed(s: Mapping, f=pct) -> str:
+    """Per-seed estimates with their intervals."""
+    return "; ".join(f"s{k}: {f(v['value'])} {ci(v['interval'], f)}"
+                     for k, v in s.get("per_seed", {}).items()) or "n/a"
+
+
+def fmt_ap(x) -> str:
+    return num(x, ".3f")
+
+
+def fmt_dap(x) -> str:
+    return num(x, "+.3f")
+
+
+def multiscale_never_reaches(s: Mapping) -> str | None:
+    """When the multi-scale sweep never reaches the elastic AP (compute saved ∞ on every
+    resample), the sentence that says so with its best point; None otherwise."""
+    saved = s["headline"]["multiscale"]["compute_saved"]
+    sweep = (s.get("detectors") or {}).get("multiscale", {}).get("sweep")
+    def unbounded(v) -> bool:  # +inf in memory, "inf" once written to results.json
+        return v == "inf" or (isinstance(v, float) and math.isinf(v) and v > 0)
+    if not sweep or not unbounded(saved["mean"]) or not saved["interval"] or not all(
+            unbounded(v) for v in saved["interval"]):
+        return None
+    phi, top = max(sweep.items(), key=lambda kv: kv[1]["AP"]["mean"])
+    return (f"Multi-scale never reaches the elastic AP on any resample: its best sweep point is "
+            f"AP {fmt_ap(top['AP']['mean'])} at φ = {float(phi):g} "
+            f"({num(top['gflops']['mean'], '.2f')} GFLOPs), so the compute saved against it is "
+            "unbounded (∞) and the AP gain at equal GFLOPs is the comparison that has a size.")
+
+
+def best_fixed(s: Mapping) -> str | None:
+    """The best single fixed resolution (highest mean AP of the front) against elastic, in one
+    sentence; None until the front and elastic share a seed."""
+    b = s.get("best_fixed")
+    if not b:
+        return None
+    return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
+            f"{fmt_ap(b['mean_ap'])}; the front: "
+            + ", ".join(f"{r} {fmt_ap(v)}" for r, v in b["mean_ap_by_run"].items())
+            + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], fmt_dap)} "
+            f"{ci(b['elastic_ap_minus_best']['interval'], fmt_dap)}, GFLOPs ratio "
+            f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
+            f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}.")
+
+
+def verdict(s: Mapping) -> str:
+    """The research question answered in one sentence, from the fixed-front comparison."""
+    saved = s["headline"]["fixed_front"]["compute_saved"]
+    if saved["mean"] is None or not saved["interval"]:
+        return ("**Answer: not yet measurable** (the fixed-resolution front or elastic is "
+                "missing).")
+    n = len(saved["seeds"])
+    low, high = saved["interval"]
+    if low > 0:
+        what, note = "beats", ""
+    elif high < 0:
+        what, note = "costs more than", ", which excludes a saving"
+    else:
+        what, note = "does not beat", ", which includes no saving"
+    return (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
+            f"{what} the fixed-resolution front beyond the test-image noise**: compute saved at "
+            f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
+
+
+def elastic_choice(s: Mapping) -> str | None:
+    """The elastic detector's choices of φ in one sentence (seed means): predicted against its
+    own φ = 1, the scale loss's φ* and the per-image AP-optimal oracle; None without an
+    elastic cell."""
+    o, gap = (s.get("oracles") or {}).get("elastic"), s.get("gap") or {}
+    if not o or not gap:
+        return None
+    n = o["own"]["AP"]["n"]
+
+    def row(key: str) -> str:
+        return f"AP {fmt_ap(o[key]['AP']['mean'])} at {num(o[key]['gflops']['mean'], '.2f')} GFLOPs"
+    d = gap["predicted_vs_phi1"]
+    return (f"Elastic ({n} seed{'s' if n != 1 else ''}, test split): its predicted φ (mean "
+            f"{num(o['own']['mean_phi']['mean'], '.2f')}) gives {row('own')} (predictor "
+            f"included), its own detector at φ = 1 {row('phi1')}: "
+            f"{fmt_dap(d['mean'])} AP {ci(d['interval'], fmt_dap)} for "
+            f"{num(100 * (1 - o['own']['gflops']['mean'] / o['phi1']['gflops']['mean']), '.1f')} % "
+            "fewer GFLOPs. "
+            f"At the scale loss's optimum φ* it scores {row('loss_optimal')}; the per-image "
+            f"AP-optimal φ of the sweep (an oracle that picks on the test labels) "
+            f"{row('ap_optimal')}." + _against_fixed(s))
+
+
+def _against_fixed(s: Mapping) -> str:
+    """The fixed φ = 1 detector beside the elastic one, when its cell exists."""
+    fixed = (s.get("oracles") or {}).get("fixed_1.00")
+    d = (s.get("gap") or {}).get("detector_at_phi1") or {}
+    if not fixed or d.get("mean") is None:
+        return ""
+    return (f" The fixed detector trained at φ = 1 (`fixed_1.00`) scores AP "
+            f"{fmt_ap(fixed['own']['AP']['mean'])} at {num(fixed['own']['gflops']['mean'], '.2f')} "
+            f"GFLOPs; the elastic detector minus the fixed one, both at φ = 1: {fmt_dap(d['mean'])} AP "
+            f"{ci(d['interval'], fmt_dap)} (the detector budget).")
