@@ -132,7 +132,10 @@ def _against_fixed(s: Mapping) -> str:
     d = (s.get("gap") or {}).get("detector_at_phi1") or {}
     if not fixed or d.get("mean") is None:
         return ""
-    return (f" The fixed detector trained at φ = 1 (`fixed_1.00`) scores AP "
-            f"{fmt_ap(fixed['own']['AP']['mean'])} at {num(fixed['own']['gflops']['mean'], '.2f')} "
-            f"GFLOPs; the elastic detector minus the fixed one, both at φ = 1: {fmt_dap(d['mean'])} AP "
+    n = fixed["own"]["AP"]["n"]
+    paired = len(d.get("seeds", [])) or d.get("n", 1)
+    return (f" The fixed detector trained at φ = 1 (`fixed_1.00`, {n} seed{'s' if n != 1 else ''})"
+            f" scores AP {fmt_ap(fixed['own']['AP']['mean'])} at "
+            f"{num(fixed['own']['gflops']['mean'], '.2f')} GFLOPs; the elastic detector minus the "
+            f"fixed one, both at φ = 1, on the seeds both have ({paired}): {fmt_dap(d['mean'])} AP "
             f"{ci(d['interval'], fmt_dap)} (the detector budget).")
