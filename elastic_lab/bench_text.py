@@ -133,7 +133,7 @@ def _against_fixed(s: Mapping) -> str:
     if not fixed or d.get("mean") is None:
         return ""
     n = fixed["own"]["AP"]["n"]
-    paired = len(d.get("seeds", [])) or d.get("n", 1)
+    paired = len(d["seeds"])
     return (f" The fixed detector trained at φ = 1 (`fixed_1.00`, {n} seed{'s' if n != 1 else ''})"
             f" scores AP {fmt_ap(fixed['own']['AP']['mean'])} at "
             f"{num(fixed['own']['gflops']['mean'], '.2f')} GFLOPs; the elastic detector minus the "
