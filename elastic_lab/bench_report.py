@@ -202,17 +202,21 @@ def latency_lines(s: Mapping) -> list[str]:
     def named(key: str, origin: str | None) -> str:
         return f"`{lat[key]}`" + (f" (from `{origin}`)" if origin and origin != lat[key] else "")
     origins = lat.get("origins") or [None, None]
+    text = (f"{named('model', origins[0])} against {named('reference', origins[1])} on "
+            f"{lat['images']} test images, batch 1, {lat['repeats']} interleaved repeats per "
+            f"image (alternating order), on {lat['machine']['device_name']} "
+            f"({lat['machine']['device']}).")
     return lines + [
-        (f"{named('model', origins[0])} against {named('reference', origins[1])} on "
-         f"{lat['images']} test images, batch 1,"
-        f" {lat['repeats']} interleaved repeats per image (alternating order), on "
-        f"{lat['machine']['device_name']} ({lat['machine']['device']}). Median per-image time "
-        f"ratio {num(lat['median_ratio'], '.3f')} "
-        f"{ci(lat['median_ratio_interval'], lambda x: num(x, '.3f'))}"
-        f" ({num(lat['median_ms'], '.1f')} vs {num(lat['reference_median_ms'], '.1f')} ms): "
-        f"latency saved {pct(lat['latency_saved'])} {ci(lat['latency_saved_interval'])}, "
-        f"FLOPs saved on the same images {pct(lat['flops_saved'])}; latency saving / FLOPs "
-        f"saving = {num(lat['latency_to_flops_saving'], '.2f')}.")] + _latency_split(lat)
+        text + f" Over the subset the elastic model takes {num(lat['total_ratio'], '.3f')} "
+        f"{ci(lat['total_ratio_interval'], lambda x: num(x, '.3f'))} of the fixed detector's "
+        f"time (mean {num(lat['mean_ms'], '.1f')} vs {num(lat['reference_mean_ms'], '.1f')} ms "
+        f"per image): latency saved {pct(lat['latency_saved'])} "
+        f"{ci(lat['latency_saved_interval'])}, FLOPs saved on the same images "
+        f"{pct(lat['flops_saved'])}; latency saving / FLOPs saving = "
+        f"{num(lat['latency_to_flops_saving'], '.2f')}. Per image, the median time ratio is "
+        f"{num(lat['median_ratio'], '.3f')} "
+        f"{ci(lat['median_ratio_interval'], lambda x: num(x, '.3f'))} against a median FLOPs "
+        f"ratio of {num(lat['median_flops_ratio'], '.3f')}."] + _latency_split(lat)
 
 
 def _latency_split(lat: Mapping) -> list[str]:
@@ -224,7 +228,7 @@ def _latency_split(lat: Mapping) -> list[str]:
             f"{pct(det['latency_saved'])} of the fixed detector's time for "
             f"{pct(det['flops_saved'])} of its FLOPs (ratio "
             f"{num(det['latency_to_flops_saving'], '.2f')}); the predictor takes "
-            f"{num(pred['median_ms'], '.1f')} ms per image, "
+            f"{num(pred['median_ms'], '.1f')} ms per image (median), "
             f"{num(100 * pred['share_of_reference_ms'], '.1f')} % of the fixed detector's time, "
             f"for {num(100 * pred['share_of_reference_gflops'], '.1f')} % of its FLOPs.")]
 

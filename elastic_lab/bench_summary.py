@@ -18,6 +18,7 @@ from . import recipes
 from .ap_subsets import COCO_KEYS
 from .bench_cells import FIXED_FRONT, LATENCY, parse_cell
 from .bench_eval import scale_key
+from .bench_latency import summarize_latency
 from .bench_stats import (
     compare_rows,
     mean_sd,
@@ -268,6 +269,9 @@ def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
 def summarize(cells: Mapping[str, Mapping], expected: Sequence[str]) -> dict:
     """results.json from the cell files (see the module docstring)."""
     latency = cells.get(LATENCY)
+    if latency is not None and latency.get("per_image"):  # today's statistics of its timings
+        latency = {**latency, **summarize_latency(latency["per_image"], latency["repeats"],
+                                                  latency["warmup"])}
     runs = by_run(cells)
     index = replica_index({n: c for n, c in cells.items() if n != LATENCY})
     missing = [n for n in expected if n not in cells]

@@ -28,6 +28,7 @@ from elastic_lab.bench_cells import (
 )
 from elastic_lab.bench_eval import loss_options_of
 from elastic_lab.bench_figures import save_figures
+from elastic_lab.bench_latency import summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index
 from elastic_lab.bench_summary import stale_cells
@@ -246,7 +247,11 @@ def test_smoke_latency_is_paired_and_set_beside_the_flops(smoke):
     assert lat["repeats"] == opts.latency_repeats and lat["batch_size"] == 1
     ratios = [r["ratio"] for r in lat["per_image"]]
     assert lat["median_ratio"] == pytest.approx(float(np.median(ratios)), abs=1e-4)
-    assert lat["latency_saved"] == pytest.approx(1 - lat["median_ratio"], abs=1e-4)
+    # the saving is a ratio of totals, as the FLOPs saving is
+    total = sum(r["ms"] for r in lat["per_image"]) / sum(r["reference_ms"] for r in lat["per_image"])
+    assert lat["latency_saved"] == pytest.approx(1 - total, abs=1e-4)
+    low, high = lat["latency_saved_interval"]
+    assert low <= lat["latency_saved"] <= high
     flops = 1 - sum(r["gflops"] for r in lat["per_image"]) / sum(
         r["reference_gflops"] for r in lat["per_image"])
     assert lat["flops_saved"] == pytest.approx(flops, abs=1e-3)
@@ -258,6 +263,27 @@ def test_smoke_latency_is_paired_and_set_beside_the_flops(smoke):
     assert lat["predictor"]["median_ms"] == pytest.approx(float(np.median(
         [r["ms"] - r["detector_ms"] for r in lat["per_image"]])), abs=1e-3)
     assert lat["detector"]["flops_saved"] > lat["flops_saved"]
+
+
+def test_latency_saving_is_a_ratio_of_totals_like_the_flops_saving():
+    # nine cheap images save 40 % each, one heavy image costs twice the fixed time: the median
+    # per-image ratio (0.6) says "40 % saved", the totals say the subset took longer
+    rows = [{"ms": 6.0, "reference_ms": 10.0, "detector_ms": 4.0, "gflops": 0.6,
+             "reference_gflops": 1.0, "detector_gflops": 0.55} for _ in range(9)]
+    rows.append({"ms": 200.0, "reference_ms": 100.0, "detector_ms": 190.0, "gflops": 25.0,
+                 "reference_gflops": 10.0, "detector_gflops": 24.95})
+    lat = summarize_latency(rows, repeats=3, warmup=1)
+    assert lat["median_ratio"] == pytest.approx(0.6)
+    assert lat["total_ratio"] == pytest.approx(254 / 190, abs=1e-4)
+    assert lat["latency_saved"] == pytest.approx(1 - 254 / 190, abs=1e-4)
+    assert lat["latency_saved"] < 0
+    assert lat["flops_saved"] == pytest.approx(1 - 30.4 / 19, abs=1e-4)
+    assert lat["latency_to_flops_saving"] == pytest.approx(
+        (1 - 254 / 190) / (1 - 30.4 / 19), abs=1e-3)
+    assert lat["detector"]["latency_saved"] == pytest.approx(1 - 226 / 190, abs=1e-4)
+    assert lat["predictor"]["share_of_reference_ms"] == pytest.approx(28 / 190, abs=1e-4)
+    low, high = lat["total_ratio_interval"]
+    assert low < lat["total_ratio"] < high
 
 
 def test_smoke_report_is_a_function_of_the_cell_files(smoke):

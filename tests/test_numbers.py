@@ -79,5 +79,7 @@ def test_readme_states_the_benchmark_results_of_the_committed_cells():
         assert sentence is None or sentence in README, sentence
     latency = {t["name"]: t["met"] for t in results["targets"]}["latency"]
     assert ("the latency one is **not met**" in README) == (latency is False)
+    low, _ = results["latency"]["latency_saved_interval"]
+    assert ("is not measurably faster than the fixed detector" in README) == (low <= 0)
     total = len(cells) + len(results["missing"])
     assert f"**Status: {len(cells)} of {total} cells trained**" in README
