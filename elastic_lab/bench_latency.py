@@ -108,6 +108,10 @@ def total_ratio_interval(ms: np.ndarray, reference_ms: np.ndarray, level: float 
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _finite(x: float, digits: int) -> float | None:
+    return round(float(x), digits) if np.isfinite(x) else None
+
+
 def summarize_latency(rows: list[dict], repeats: int, warmup: int) -> dict:
     """The cell's numbers from its per-image rows (see :func:`paired_latency`).
 
@@ -131,6 +135,9 @@ def summarize_latency(rows: list[dict], repeats: int, warmup: int) -> dict:
     latency_saved = 1.0 - total
     detector_saved = 1.0 - det.sum() / ref.sum()
     predictor_ms = ms - det
+    # the detector's time against its GFLOPs: the intercept is the time that φ does not shrink
+    slope, intercept = (np.polyfit(det_gflops, det, 1) if np.ptp(det_gflops) > 0
+                        else (float("nan"), float("nan")))
 
     def share(saved: float, flops: float) -> float | None:
         return round(saved / flops, 4) if abs(flops) > 1e-9 else None
@@ -153,7 +160,9 @@ def summarize_latency(rows: list[dict], repeats: int, warmup: int) -> dict:
                          "mean_ms": round(float(det.mean()), 3),
                          "latency_saved": round(detector_saved, 5),
                          "flops_saved": round(detector_flops_saved, 5),
-                         "latency_to_flops_saving": share(detector_saved, detector_flops_saved)},
+                         "latency_to_flops_saving": share(detector_saved, detector_flops_saved),
+                         "fit_intercept_ms": _finite(intercept, 3),
+                         "fit_ms_per_gflop": _finite(slope, 3)},
             "predictor": {"median_ms": round(float(np.median(predictor_ms)), 3),
                           "share_of_reference_ms": round(float(predictor_ms.sum() / ref.sum()), 5),
                           "gflops": round(float((gflops - det_gflops).mean()), 4),

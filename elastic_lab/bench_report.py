@@ -230,7 +230,11 @@ def _latency_split(lat: Mapping) -> list[str]:
             f"{num(det['latency_to_flops_saving'], '.2f')}); the predictor takes "
             f"{num(pred['median_ms'], '.1f')} ms per image (median), "
             f"{num(100 * pred['share_of_reference_ms'], '.1f')} % of the fixed detector's time, "
-            f"for {num(100 * pred['share_of_reference_gflops'], '.1f')} % of its FLOPs.")]
+            f"for {num(100 * pred['share_of_reference_gflops'], '.1f')} % of its FLOPs."
+            + (f" The detector's time per image is {num(det['fit_intercept_ms'], '.1f')} ms + "
+               f"{num(det['fit_ms_per_gflop'], '.2f')} ms per GFLOP (least squares over the timed "
+               f"images): the intercept is time that a smaller φ does not remove."
+               if det.get("fit_intercept_ms") is not None else ""))]
 
 
 def cell_lines(s: Mapping, expected: Sequence[str]) -> list[str]:

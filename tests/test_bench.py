@@ -284,6 +284,10 @@ def test_latency_saving_is_a_ratio_of_totals_like_the_flops_saving():
     assert lat["predictor"]["share_of_reference_ms"] == pytest.approx(28 / 190, abs=1e-4)
     low, high = lat["total_ratio_interval"]
     assert low < lat["total_ratio"] < high
+    # detector time = intercept + slope · GFLOPs through (0.55, 4) and (24.95, 190)
+    slope = (190 - 4) / (24.95 - 0.55)
+    assert lat["detector"]["fit_ms_per_gflop"] == pytest.approx(slope, abs=1e-3)
+    assert lat["detector"]["fit_intercept_ms"] == pytest.approx(4 - 0.55 * slope, abs=1e-3)
 
 
 def test_smoke_report_is_a_function_of_the_cell_files(smoke):
