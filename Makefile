@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synth
 
-.PHONY: demo test install predict-demo readme-figure bench bench-speed lab checkpoints train-20min data lint clean
+.PHONY: demo test install predict-demo readme-figure bench bench-speed lab notebook-times checkpoints train-20min data lint clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -58,6 +58,12 @@ bench-speed: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# each tutorial notebook at its CPU defaults, timed into notebooks/timings.json (the times that
+# notebooks/README.md quotes); NB_ARGS="--only 06 07 --threads 1 --note 'what else ran'"
+NB_ARGS ?=
+notebook-times: $(STAMP)
+	$(BIN)/python scripts/time_notebooks.py $(NB_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check elastic_lab tests app.py scripts

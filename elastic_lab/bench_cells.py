@@ -24,6 +24,7 @@ from .calibrate import calibrate_checkpoint
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .experiments import train_run, trained_seconds
+from .runtime import cpu_model
 
 CELL_FORMAT = 1
 MAIN_RUNS = ("fixed_1.00", "elastic", "multiscale", "fixed_0.75", "fixed_1.25")
@@ -173,21 +174,11 @@ def training_summary(ckpt: Path, config: TrainConfig) -> dict:
             "warm_start_steps": config.train.pretrain_steps}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(device: torch.device, amp: bool) -> dict:
     """Where a cell ran: CPU model, core count, torch version and threads, the device and its
     name (the GPU's on CUDA), mixed precision."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
-    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "device": str(device),
             "device_name": name, "amp": bool(amp), "python": platform.python_version(),
             "platform": platform.platform()}

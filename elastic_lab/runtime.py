@@ -1,9 +1,11 @@
-"""Device selection, mixed precision and data-set paths shared by every entry point."""
+"""Device selection, mixed precision, the CPU's name and data-set paths shared by every entry
+point."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import platform
 from pathlib import Path
 
 import torch
@@ -32,6 +34,17 @@ def autocast_context(device: torch.device, enabled: bool):
         return contextlib.nullcontext()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def split_paths(data: str | Path, split: str) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@ claims come from the committed result files (checkpoints/evals/, docs/overview.j
 benchmarks/results.json), and those files are true of the shipped checkpoints."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,17 @@ def test_readme_states_the_benchmark_results_of_the_committed_cells():
     assert ("is not measurably faster than the fixed detector" in README) == (low <= 0)
     total = len(cells) + len(results["missing"])
     assert f"**Status: {len(cells)} of {total} cells trained**" in README
+
+
+def test_notebook_readme_quotes_the_committed_notebook_timings():
+    """notebooks/README.md's time table is notebooks/timings.json (scripts/time_notebooks.py),
+    row by row, and names no notebook the file lacks."""
+    timings = json.loads((ROOT / "notebooks" / "timings.json").read_text())
+    readme = (ROOT / "notebooks" / "README.md").read_text()
+    for name, t in timings.items():
+        row = (f"| `{name}` | {t['minutes']:.1f} | {'passed' if t['passed'] else 'FAILED'} | "
+               f"{t['date']} | {t['machine']}, {t['cores']} cores, {t['threads']} thread(s) | "
+               f"{t['note'] or '—'} |")
+        assert row in readme, row
+    quoted = re.findall(r"^\| `(\d\d_\w+\.ipynb)` \| [\d.]+ \|", readme, flags=re.MULTILINE)
+    assert sorted(quoted) == sorted(timings)
