@@ -139,3 +139,19 @@ def _against_fixed(s: Mapping) -> str:
             f"{num(fixed['own']['gflops']['mean'], '.2f')} GFLOPs; the elastic detector minus the "
             f"fixed one, both at φ = 1, on the seeds both have ({paired}): {fmt_dap(d['mean'])} AP "
             f"{ci(d['interval'], fmt_dap)} (the detector budget).")
+
+
+def readme_summary(s: Mapping) -> str:
+    """The README's benchmark summary: the verdict, elastic's choices, the best fixed
+    resolution and, when it never reaches elastic, multi-scale's best point."""
+    parts = [verdict(s)]
+    if s.get("headline") is not None:
+        parts += [elastic_choice(s), best_fixed(s), multiscale_never_reaches(s)]
+    return " ".join(p for p in parts if p)
+
+
+def status_line(cells: Sequence[str], missing: Sequence[str]) -> str:
+    """The README's count of trained cells, with their names."""
+    total = len(cells) + len(missing)
+    return (f"**Status: {len(cells)} of {total} cells trained** ("
+            + ", ".join(f"`{c}`" for c in sorted(cells)) + ")")
