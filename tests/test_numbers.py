@@ -79,6 +79,11 @@ def test_readme_states_the_benchmark_results_of_the_committed_cells():
     # scripts/readme_bench.py writes both lines from results.json
     assert "`benchmarks/results.md`): " + readme_summary(results) + "\n" in README
     assert status_line(cells, results["missing"]) in README
+    saved = results["headline"]["fixed_front"]["compute_saved"]["per_seed"].values()
+    values = [v["value"] for v in saved]
+    widths = [v["interval"][1] - v["interval"][0] for v in saved]
+    claim = "differ by more than any one of their test-image intervals is wide" in README
+    assert claim == (len(values) > 1 and max(values) - min(values) > max(widths))
 
 
 def test_notebook_readme_quotes_the_committed_notebook_timings():
