@@ -130,10 +130,10 @@ def summarize_latency(rows: list[dict], repeats: int, warmup: int) -> dict:
     low, high = median_interval(ratios)
     total = float(ms.sum() / ref.sum())
     t_low, t_high = total_ratio_interval(ms, ref)
-    flops_saved = 1.0 - gflops.sum() / ref_gflops.sum()
-    detector_flops_saved = 1.0 - det_gflops.sum() / ref_gflops.sum()
+    flops_saved = float(1.0 - gflops.sum() / ref_gflops.sum())
+    detector_flops_saved = float(1.0 - det_gflops.sum() / ref_gflops.sum())
     latency_saved = 1.0 - total
-    detector_saved = 1.0 - det.sum() / ref.sum()
+    detector_saved = float(1.0 - det.sum() / ref.sum())
     predictor_ms = ms - det
     # the detector's time against its GFLOPs: the intercept is the time that φ does not shrink
     slope, intercept = (np.polyfit(det_gflops, det, 1) if np.ptp(det_gflops) > 0
