@@ -8,30 +8,39 @@ written to ``OUT/predictor_<name>.json`` (the learning curve, the predictor's GF
 share of the detector's); a finished design is not trained again.
 
 The designs (:data:`VARIANTS`) separate the choices made for the default predictor: trunk and
-thumbnail size (ResNet-18 on 64 px, the paper's and DyRA's trunk, vs MobileNetV3-Large on
-160 px), normalisation (batch statistics vs group norm), the dense size map, and zoom-in crops.
+thumbnail size (ResNet-18 on 64 px, the paper's and DyRA's trunk, vs MobileNetV3-Large or
+-Small on 128-160 px), normalisation (batch statistics vs group norm), the dense size map, and
+zoom-in crops.
+
+FLOPs are not time: at batch 1 a small network of many thin layers runs far below the speed
+per FLOP of the detector. ``--latency-only`` therefore times every design without training it
+(weights do not change the time): the predictor and the detector at φ = 1, interleaved, at
+batch 1, in float32 and under autocast, written to ``OUT/latency.json`` with the machine and the
+number of threads. The share of the detector's time is what a latency saving has to pay for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .analysis import predictor_fidelity
 from .data.coco import CocoDetection
 from .experiments import first_images
-from .flops import FlopTable
+from .flops import FlopTable, measure_latency_ms
 from .models.build import ModelOptions, build_model
 from .models.criterion import ElasticLossOptions
 from .oracles import image_sizes
 from .predictor_pretrain import PretrainOptions, pretrain_predictor
-from .runtime import split_paths
+from .runtime import autocast_context, cpu_model, split_paths
 
 __all__ = ["VARIANTS", "PredictorVariant", "run_variant"]
 
@@ -54,7 +63,12 @@ VARIANTS: tuple[PredictorVariant, ...] = (
     PredictorVariant("mnv3l-group-160-crop", "mobilenet_v3_large", "group", 160, 0, 0.5),
     PredictorVariant("mnv3l-batch-160-sizemap-crop", "mobilenet_v3_large", "batch", 160, 10, 0.5),
     PredictorVariant("mnv3l-group-160-sizemap-crop", "mobilenet_v3_large", "group", 160, 10, 0.5),
+    # cheaper at batch 1 on a CPU (OUT/latency.json)
+    PredictorVariant("resnet18-group-64-sizemap-crop", "resnet18", "group", 64, 10, 0.5),
+    PredictorVariant("mnv3s-group-160-sizemap-crop", "mobilenet_v3_small", "group", 160, 10, 0.5),
+    PredictorVariant("mnv3s-group-128-sizemap-crop", "mobilenet_v3_small", "group", 128, 10, 0.5),
 )
+RECIPE_VARIANT = "mnv3l-group-160-sizemap-crop"  # recipes.py's predictor
 
 
 def run_variant(variant: PredictorVariant, data: str | Path, eval_split: str, out: Path,
@@ -99,6 +113,78 @@ def run_variant(variant: PredictorVariant, data: str | Path, eval_split: str, ou
     return result
 
 
+def _median_ms(times: list[float]) -> float:
+    return round(float(np.median(times)), 3)
+
+
+@torch.inference_mode()
+def time_design(model, image: torch.Tensor, repeats: int = 30, warmup: int = 3,
+                amp: bool = False) -> dict:
+    """Batch-1 time of ``model``'s predictor and of its detector at φ = 1 on ``image``
+    ([3, H, W], on the model's device), the two calls interleaved ``repeats`` times.
+
+    Returns:
+        dict: ``predictor_ms`` and ``detector_ms`` (medians), ``share_of_detector_ms`` (their
+        ratio) and ``share_interval`` (2.5th and 97.5th percentiles of the per-repeat ratio).
+    """
+    if repeats < 2:
+        raise ValueError(f"time_design: repeats must be ≥ 2, got {repeats}")
+    device = image.device
+    one = torch.ones(1, device=device)
+    calls = (lambda: model.predict_phi([image]), lambda: model.detect([image], one))
+    times: tuple[list[float], list[float]] = ([], [])
+    with autocast_context(device, amp):
+        for _ in range(warmup):
+            for call in calls:
+                call()
+        for r in range(repeats):
+            for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+                times[k].append(measure_latency_ms(calls[k], warmup=0, repeats=1,
+                                                   device=device))
+    ratio = np.asarray(times[0]) / np.asarray(times[1])
+    return {"predictor_ms": _median_ms(times[0]), "detector_ms": _median_ms(times[1]),
+            "share_of_detector_ms": round(float(np.median(times[0]) / np.median(times[1])), 4),
+            "share_interval": [round(float(q), 4) for q in np.percentile(ratio, [2.5, 97.5])]}
+
+
+def time_variants(variants: list[PredictorVariant], data: str | Path, out: Path,
+                  eval_split: str = "test", repeats: int = 30, base_size: int = 256,
+                  amp_modes: tuple[bool, ...] = (False, True)) -> dict:
+    """Time every design (random weights: the time does not depend on them) on the first
+    image of ``eval_split``, in float32 and under autocast; write ``out/latency.json``."""
+    images = CocoDetection(*split_paths(data, eval_split))
+    image, _ = images[0]
+    hw = tuple(image.shape[1:])
+    rows = []
+    for variant in variants:
+        torch.manual_seed(0)
+        model = build_model(ModelOptions(
+            mode="elastic", base_size=base_size, thumb_size=variant.thumb_size,
+            predictor_trunk=variant.trunk, predictor_norm=variant.norm,
+            predictor_size_bins=variant.size_bins), len(images.categories)).eval()
+        flops = FlopTable(model)
+        pred_gflops = flops.predictor(*hw)
+        det_gflops = flops.detector(*model.sizes([hw], torch.ones(1))[0])
+        row = {"variant": variant.name, "trunk": variant.trunk, "norm": variant.norm,
+               "thumb_size": variant.thumb_size, "recipe": variant.name == RECIPE_VARIANT,
+               "predictor_gflops": round(pred_gflops, 4), "detector_gflops": round(det_gflops, 4),
+               "share_of_detector_gflops": round(pred_gflops / det_gflops, 4)}
+        for amp in amp_modes:
+            row["autocast" if amp else "float32"] = time_design(model, image, repeats, amp=amp)
+        rows.append(row)
+    result = {"image_size": list(hw), "base_size": base_size, "batch_size": 1,
+              "repeats": repeats, "date": time.strftime("%Y-%m-%d"),
+              "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "load_average": list(os.getloadavg())},
+              "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "latency.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="COCO-format folder with train and eval splits")
     p.add_argument("--eval-split", default="test", help="held-out split the fidelity is read on")
@@ -110,6 +196,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated names (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="train finished designs again")
+    p.add_argument("--latency-only", action="store_true",
+                   help="time every design at batch 1 (no training) into OUT/latency.json")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per design (--latency-only)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for --latency-only (default 1, as the latency cell)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +210,17 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown predictor variants {unknown}; known: {sorted(known)}")
     out = Path(args.out)
+    if args.latency_only:
+        torch.set_num_threads(args.threads)
+        r = time_variants([known[n] for n in names], args.data, out, args.eval_split,
+                          args.repeats)
+        for row in r["rows"]:
+            print(f"{row['variant']}: {row['predictor_gflops']:.3f} GFLOPs "
+                  f"({100 * row['share_of_detector_gflops']:.1f} % of the detector's), "
+                  + ", ".join(f"{mode} {row[mode]['predictor_ms']:.1f} ms "
+                              f"({100 * row[mode]['share_of_detector_ms']:.0f} % of its time)"
+                              for mode in ("float32", "autocast") if mode in row))
+        return 0
     for name in names:
         if (out / f"predictor_{name}.json").exists() and not args.force:
             print(f"{name}: done (OUT/predictor_{name}.json)")
