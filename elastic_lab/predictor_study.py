@@ -185,6 +185,29 @@ def time_variants(variants: list[PredictorVariant], data: str | Path, out: Path,
     return result
 
 
+def latency_summary(result: dict) -> str:
+    """The sentence docs/method.md quotes from ``latency.json`` (a test checks the quote)."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.0f} %"
+
+    recipe = next(r for r in result["rows"] if r["recipe"])
+    modes = [m for m in ("autocast", "float32") if m in recipe]
+    row, mode = min(((r, m) for r in result["rows"] for m in modes),
+                    key=lambda rm: rm[0][rm[1]]["share_of_detector_ms"])
+    machine = result["machine"]
+    times = [f"{recipe[m]['predictor_ms']:.1f} ms in {m} "
+             f"({pct(recipe[m]['share_of_detector_ms'])} of the detector's time at φ = 1 in the "
+             f"same mode)" for m in modes]
+    return (f"At batch 1 on {machine['torch_threads']} thread of {machine['cpu']} "
+            f"({result['date']}, load average {machine['load_average'][0]:.1f}, "
+            f"`benchmarks/predictor/latency.json`) the recipe's predictor takes "
+            + " and ".join(times)
+            + f" for {100 * recipe['share_of_detector_gflops']:.1f} % of the detector's FLOPs; "
+            f"the lowest share of any design is {pct(row[mode]['share_of_detector_ms'])} "
+            f"({row['variant']}, {mode}, {row[mode]['predictor_ms']:.1f} ms, "
+            f"{100 * row['share_of_detector_gflops']:.1f} % of the FLOPs).")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="COCO-format folder with train and eval splits")
     p.add_argument("--eval-split", default="test", help="held-out split the fidelity is read on")

@@ -17,6 +17,7 @@ from elastic_lab.bench_text import (
 from elastic_lab.data.image import image_tensor
 from elastic_lab.model_cards import ROWS, elastic_lines, read_evals, shipped_table
 from elastic_lab.models.build import load_model
+from elastic_lab.predictor_study import VARIANTS, latency_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -100,3 +101,14 @@ def test_notebook_readme_quotes_the_committed_notebook_timings():
     assert sorted(quoted) == sorted(timings)
     claim = "Every notebook finished within 10 minutes" in readme
     assert claim == all(t["passed"] and t["minutes"] < 10 for t in timings.values())
+
+
+def test_method_quotes_the_committed_predictor_timings():
+    result = json.loads((ROOT / "benchmarks" / "predictor" / "latency.json").read_text())
+    assert {r["variant"] for r in result["rows"]} == {v.name for v in VARIANTS}
+    assert sum(r["recipe"] for r in result["rows"]) == 1
+    assert latency_summary(result) in (ROOT / "docs" / "method.md").read_text()
+    # "no design here is as cheap in time as its FLOPs say"
+    for row in result["rows"]:
+        for mode in ("float32", "autocast"):
+            assert row[mode]["share_of_detector_ms"] > row["share_of_detector_gflops"], row
