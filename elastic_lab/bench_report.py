@@ -76,11 +76,12 @@ def headline_lines(s: Mapping) -> list[str]:
              ("Read off the baseline's *interpolated* Pareto front (`analysis.compare_to_baseline`)"
              "; elastic at its predicted φ, GFLOPs with the predictor. Intervals: paired "
              "bootstrap over test images (replica b of every row on the same resample) of the "
-             "seed mean; ± is the sd over seeds. ∞: on that resample the front never reaches "
-             "the elastic AP."), "",
-             ("| against | compute saved (mean ± sd) | 95 % interval | per seed | "
-             "AP gain at equal GFLOPs | 95 % interval | per seed |"),
-             "|---|---|---|---|---|---|---|"]
+             "seed mean; ± is the sd over seeds; over seeds: the Student-t interval of the "
+             "mean with the training runs as the sample (needs 2 seeds). ∞: on that resample "
+             "the front never reaches the elastic AP."), "",
+             ("| against | compute saved (mean ± sd) | 95 % interval | over seeds | per seed | "
+             "AP gain at equal GFLOPs | 95 % interval | over seeds | per seed |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     points = s.get("num_scales", "?")
     names = {"fixed_front": "fixed-resolution front (φ = 0.75, 1, 1.25)",
              "multiscale": f"multi-scale ({points}-point sweep)"}
@@ -88,8 +89,9 @@ def headline_lines(s: Mapping) -> list[str]:
         h = s["headline"][key]
         saved, gain = h["compute_saved"], h["ap_gain"]
         lines.append(f"| {label} | {mean_sd(saved)} | {ci(saved['interval'])} "
-                     f"| {per_seed(saved)} | {mean_sd(gain, fmt_dap)} | "
-                     f"{ci(gain['interval'], fmt_dap)} | {per_seed(gain, fmt_dap)} |")
+                     f"| {ci(saved.get('seed_interval'))} | {per_seed(saved)} "
+                     f"| {mean_sd(gain, fmt_dap)} | {ci(gain['interval'], fmt_dap)} "
+                     f"| {ci(gain.get('seed_interval'), fmt_dap)} | {per_seed(gain, fmt_dap)} |")
     never = multiscale_never_reaches(s)
     best = best_fixed(s)
     return lines + (["", never] if never else []) + (["", best] if best else [])

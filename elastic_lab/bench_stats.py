@@ -6,7 +6,9 @@ comparison is therefore computed once on the full test set (the estimate) and on
 replica b with every row at its replica b (the paired bootstrap); the GFLOPs of a row on
 replica b are the mean of its per-image GFLOPs over that resample. Over seeds, the estimate is
 summarised by mean ± sd, and the interval of the seed mean comes from the seed means of the
-replicas (test-image sampling; seeds are the other source of spread, shown by the sd).
+replicas (test-image sampling). Seeds are the other source of spread: ``seed_interval`` is the
+Student-t interval of the mean over the seeds' estimates (training runs as the sample; wide
+with few seeds, and it already holds the test-image noise of each seed's estimate).
 
 Compute saved at equal AP reads the baseline's *interpolated* Pareto front
 (``analysis.compare_to_baseline``). When the model's AP is above the front's best, the front
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from .analysis import compare_to_baseline
 from .ap_subsets import bootstrap_indices
@@ -85,20 +88,31 @@ def seed_summary(values: Mapping[int, float | None], replicas: Mapping[int, np.n
                  ) -> dict:
     """One quantity over seeds: per seed its estimate and interval; mean ± sd of the
     estimates (mean None when a seed's estimate is None; sd None for one seed or an infinite
-    estimate) and the interval of the seed mean from the seed-averaged replicas."""
+    estimate), the interval of the seed mean from the seed-averaged replicas and
+    ``seed_interval``, the t interval over seeds (None unless sd is defined)."""
     seeds = sorted(values)
     if not seeds:
-        return {"seeds": [], "per_seed": {}, "mean": None, "sd": None, "interval": None}
+        return {"seeds": [], "per_seed": {}, "mean": None, "sd": None, "interval": None,
+                "seed_interval": None}
     est = [values[s] for s in seeds]
     defined = all(v is not None for v in est)
     mean_rep = np.mean(np.stack([np.asarray(replicas[s], np.float64) for s in seeds]), axis=0)
+    sd = (float(np.std(est, ddof=1)) if defined and len(est) > 1 and np.all(np.isfinite(est))
+          else None)
     return {"seeds": seeds,
             "per_seed": {str(s): {"value": values[s], "interval": interval(replicas[s])}
                          for s in seeds},
             "mean": float(np.mean(est)) if defined else None,
-            "sd": (float(np.std(est, ddof=1)) if defined and len(est) > 1
-                   and np.all(np.isfinite(est)) else None),
-            "interval": interval(mean_rep)}
+            "sd": sd,
+            "interval": interval(mean_rep),
+            "seed_interval": None if sd is None else t_interval(est)}
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> list[float]:
+    """Student-t interval of the mean of ``values`` (n ≥ 2)."""
+    v = np.asarray(values, np.float64)
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return [float(v.mean() - half), float(v.mean() + half)]
 
 
 def paired_difference(a: Mapping, b: Mapping, index: np.ndarray, key: str = "AP") -> tuple:

@@ -98,9 +98,18 @@ def verdict(s: Mapping) -> str:
         what, note = "costs more than", ", which excludes a saving"
     else:
         what, note = "does not beat", ", which includes no saving"
-    return (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
+    text = (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
             f"{what} the fixed-resolution front beyond the test-image noise**: compute saved at "
             f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
+    over_seeds = saved.get("seed_interval")
+    if over_seeds:
+        lo, hi = over_seeds
+        state = ("lies above zero too" if lo > 0 else "lies below zero" if hi < 0
+                 else "includes zero: the seeds do not settle it")
+        text += (f" Taking the training runs as the sample (sd over seeds "
+                 f"{100 * saved['sd']:.1f} points), the Student-t interval of the mean "
+                 f"{ci(over_seeds)} {state}.")
+    return text
 
 
 def elastic_choice(s: Mapping) -> str | None:

@@ -30,7 +30,7 @@ from elastic_lab.bench_eval import loss_options_of
 from elastic_lab.bench_figures import save_figures
 from elastic_lab.bench_latency import summarize_latency
 from elastic_lab.bench_report import write_report
-from elastic_lab.bench_stats import compare_rows, interval, replica_index
+from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
@@ -395,3 +395,17 @@ def test_figures_render_to_png_offline(tmp_path):
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert save_figures({"front": fig}, tmp_path / "no", png=False)["front"].startswith(
         "PNG not written")
+
+
+def test_seed_summary_gives_a_t_interval_over_seeds():
+    rng = np.random.default_rng(0)
+    reps = {s: rng.normal(0.3, 0.02, 50) for s in range(3)}
+    out = seed_summary({0: 0.30, 1: 0.42, 2: 0.33}, reps)
+    lo, hi = out["seed_interval"]
+    # mean 0.35, sd 0.0624, t(0.975, 2) = 4.303: half-width 0.155
+    assert (lo + hi) / 2 == pytest.approx(0.35)
+    assert (hi - lo) / 2 == pytest.approx(4.3027 * np.std([0.30, 0.42, 0.33], ddof=1) / 3 ** 0.5,
+                                          rel=1e-3)
+    assert hi - lo > out["interval"][1] - out["interval"][0]  # wider than the image noise here
+    assert seed_summary({0: 0.3}, {0: reps[0]})["seed_interval"] is None  # one seed: no spread
+    assert seed_summary({0: float("inf"), 1: 0.3}, reps)["seed_interval"] is None
