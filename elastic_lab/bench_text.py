@@ -52,21 +52,35 @@ def fmt_dap(x) -> str:
     return num(x, "+.3f")
 
 
+def _unbounded(v) -> bool:  # +inf in memory, "inf" once written to results.json
+    return v == "inf" or (isinstance(v, float) and math.isinf(v) and v > 0)
+
+
 def multiscale_never_reaches(s: Mapping) -> str | None:
-    """When the multi-scale sweep never reaches the elastic AP (compute saved ∞ on every
-    resample), the sentence that says so with its best point; None otherwise."""
+    """When the multi-scale sweep does not reach the elastic AP (compute saved ∞ for the seed
+    mean on every resample), the sentence that says so with its best point and the seeds on
+    which it does reach it; None otherwise."""
     saved = s["headline"]["multiscale"]["compute_saved"]
     sweep = (s.get("detectors") or {}).get("multiscale", {}).get("sweep")
-    def unbounded(v) -> bool:  # +inf in memory, "inf" once written to results.json
-        return v == "inf" or (isinstance(v, float) and math.isinf(v) and v > 0)
-    if not sweep or not unbounded(saved["mean"]) or not saved["interval"] or not all(
-            unbounded(v) for v in saved["interval"]):
+    if not sweep or not _unbounded(saved["mean"]) or not saved["interval"] or not all(
+            _unbounded(v) for v in saved["interval"]):
         return None
     phi, top = max(sweep.items(), key=lambda kv: kv[1]["AP"]["mean"])
-    return (f"Multi-scale never reaches the elastic AP on any resample: its best sweep point is "
-            f"AP {fmt_ap(top['AP']['mean'])} at φ = {float(phi):g} "
-            f"({num(top['gflops']['mean'], '.2f')} GFLOPs), so the compute saved against it is "
-            "unbounded (∞) and the AP gain at equal GFLOPs is the comparison that has a size.")
+    best = (f"AP {fmt_ap(top['AP']['mean'])} at φ = {float(phi):g} "
+            f"({num(top['gflops']['mean'], '.2f')} GFLOPs)")
+    reached = {seed: v for seed, v in saved["per_seed"].items()
+               if not (_unbounded(v["value"]) and all(_unbounded(x) for x in v["interval"]))}
+    tail = "and the AP gain at equal GFLOPs is the comparison that has a size."
+    if not reached:
+        return (f"Multi-scale never reaches the elastic AP on any seed or resample: its best "
+                f"sweep point is {best}, so the compute saved against it is unbounded (∞) "
+                + tail)
+    where = "; ".join(f"s{seed}: {pct(float(v['value']))} "  # "inf" as read from results.json
+                      f"{ci([float(x) for x in v['interval']])}" for seed, v in reached.items())
+    return (f"Multi-scale reaches the elastic AP on {len(reached)} of {len(saved['seeds'])} "
+            f"seeds (compute saved there {where}; ∞ in an interval: resamples on which it does "
+            f"not); on the others it never does, so the seed mean of the saving is unbounded "
+            f"(∞). Its best sweep point over the seeds is {best}, " + tail)
 
 
 def best_fixed(s: Mapping) -> str | None:

@@ -221,7 +221,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="train finished designs again")
     p.add_argument("--latency-only", action="store_true",
                    help="time every design at batch 1 (no training) into OUT/latency.json")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per design (--latency-only)")
+    p.add_argument("--repeats", type=int, default=30,
+                   help="timed calls per design (--latency-only)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for --latency-only (default 1, as the latency cell)")
 

@@ -32,6 +32,7 @@ from elastic_lab.bench_latency import summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells
+from elastic_lab.bench_text import multiscale_never_reaches
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
 from elastic_lab.data.coco import CocoDetection
@@ -409,3 +410,27 @@ def test_seed_summary_gives_a_t_interval_over_seeds():
     assert hi - lo > out["interval"][1] - out["interval"][0]  # wider than the image noise here
     assert seed_summary({0: 0.3}, {0: reps[0]})["seed_interval"] is None  # one seed: no spread
     assert seed_summary({0: float("inf"), 1: 0.3}, reps)["seed_interval"] is None
+
+
+def test_the_multiscale_sentence_names_the_seeds_on_which_it_reaches_elastic():
+    inf = float("inf")
+    sweep = {"1.5": {"AP": {"mean": 0.35}, "gflops": {"mean": 12.2}},
+             "1.0": {"AP": {"mean": 0.30}, "gflops": {"mean": 5.4}}}
+
+    def summary(per_seed):
+        return {"detectors": {"multiscale": {"sweep": sweep}},
+                "headline": {"multiscale": {"compute_saved": {
+                    "seeds": sorted(int(k) for k in per_seed), "mean": inf,
+                    "interval": [inf, inf], "per_seed": per_seed}}}}
+
+    never = multiscale_never_reaches(summary({"0": {"value": inf, "interval": [inf, inf]}}))
+    assert never.startswith("Multi-scale never reaches the elastic AP on any seed")
+    assert "AP 0.350 at φ = 1.5 (12.20 GFLOPs)" in never
+    some = multiscale_never_reaches(summary({  # "inf": as read back from results.json
+        "0": {"value": inf, "interval": [inf, inf]},
+        "2": {"value": 0.645, "interval": [0.551, "inf"]}}))
+    assert some.startswith("Multi-scale reaches the elastic AP on 1 of 2 seeds")
+    assert "s2: +64.5 %" in some and "s0" not in some
+    finite = summary({"0": {"value": 0.2, "interval": [0.1, 0.3]}})
+    finite["headline"]["multiscale"]["compute_saved"].update(mean=0.2, interval=[0.1, 0.3])
+    assert multiscale_never_reaches(finite) is None

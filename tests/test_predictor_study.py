@@ -10,8 +10,14 @@ import torch
 
 from elastic_lab import recipes
 from elastic_lab.models.build import ModelOptions, build_model
-from elastic_lab.predictor_study import (RECIPE_VARIANT, VARIANTS, add_arguments, run,
-                                         run_variant, time_design)
+from elastic_lab.predictor_study import (
+    RECIPE_VARIANT,
+    VARIANTS,
+    add_arguments,
+    run,
+    run_variant,
+    time_design,
+)
 
 
 def _args(**kw) -> argparse.Namespace:
