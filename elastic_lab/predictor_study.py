@@ -208,6 +208,34 @@ def latency_summary(result: dict) -> str:
             f"{100 * row['share_of_detector_gflops']:.1f} % of the FLOPs).")
 
 
+def read_study(out: Path) -> list[dict]:
+    """The finished designs' result files in ``out``, in the order of :data:`VARIANTS`."""
+    found = [out / f"predictor_{v.name}.json" for v in VARIANTS]
+    return [json.loads(path.read_text()) for path in found if path.exists()]
+
+
+def fidelity_summary(results: list[dict], latency: dict | None = None) -> str:
+    """The sentence docs/method.md quotes from the finished designs (a test checks the quote):
+    each design's Pearson(u, u*) and MAE after its last step, with its share of the detector's
+    time under autocast when ``latency`` (latency.json) has it."""
+    share = {r["variant"]: r["autocast"]["share_of_detector_ms"]
+             for r in (latency or {}).get("rows", []) if "autocast" in r}
+    r0 = results[0]
+    budgets = {(r["steps"], r["seed"], r["eval_split"], r["eval_images"]) for r in results}
+    if len(budgets) > 1:
+        raise ValueError(f"the designs were trained or read differently ({sorted(budgets)}); "
+                         "rerun them with the same --steps, --seed and evaluation")
+    parts = []
+    for r in results:
+        last, name = r["curve"][-1], r["variant"]["name"]
+        cost = f", {100 * share[name]:.0f} % of the detector's time" if name in share else ""
+        recipe = " (the recipe's)" if name == RECIPE_VARIANT else ""
+        parts.append(f"{name}{recipe} {last['pearson_u']:.3f} (MAE {last['mae_u']:.3f}{cost})")
+    return (f"Trained alone for {r0['steps']} steps (seed {r0['seed']}) and read on "
+            f"{r0['eval_images']} {r0['eval_split']} images, Pearson(u, u*) of the designs "
+            f"finished so far: " + "; ".join(parts) + ".")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="COCO-format folder with train and eval splits")
     p.add_argument("--eval-split", default="test", help="held-out split the fidelity is read on")

@@ -17,7 +17,7 @@ from elastic_lab.bench_text import (
 from elastic_lab.data.image import image_tensor
 from elastic_lab.model_cards import ROWS, elastic_lines, read_evals, shipped_table
 from elastic_lab.models.build import load_model
-from elastic_lab.predictor_study import VARIANTS, latency_summary
+from elastic_lab.predictor_study import VARIANTS, fidelity_summary, latency_summary, read_study
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -115,3 +115,17 @@ def test_method_quotes_the_committed_predictor_timings():
     for row in result["rows"]:
         for mode in ("float32", "autocast"):
             assert row[mode]["share_of_detector_ms"] > row["share_of_detector_gflops"], row
+
+
+def test_method_quotes_the_committed_predictor_study():
+    study = ROOT / "benchmarks" / "predictor"
+    results = read_study(study)
+    assert results, "no finished predictor design is committed"
+    latency = json.loads((study / "latency.json").read_text())
+    assert fidelity_summary(results, latency) in (ROOT / "docs" / "method.md").read_text()
+    # "Every design faster than the recipe's under autocast follows u* less closely so far"
+    share = {r["variant"]: r["autocast"]["share_of_detector_ms"] for r in latency["rows"]}
+    pearson = {r["variant"]["name"]: r["curve"][-1]["pearson_u"] for r in results}
+    recipe = next(r["variant"] for r in latency["rows"] if r["recipe"])
+    faster = [n for n in pearson if share[n] < share[recipe]]
+    assert faster and all(pearson[n] < pearson[recipe] for n in faster)

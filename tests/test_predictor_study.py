@@ -14,6 +14,7 @@ from elastic_lab.predictor_study import (
     RECIPE_VARIANT,
     VARIANTS,
     add_arguments,
+    fidelity_summary,
     run,
     run_variant,
     time_design,
@@ -93,3 +94,18 @@ def test_run_variant_writes_a_fidelity_curve(synth_dir, tmp_path):
     assert len(saved["curve"]) >= 2
     assert all(-1 <= row["pearson_u"] <= 1 or row["pearson_u"] is None
                for row in saved["curve"])
+
+
+def test_fidelity_summary_quotes_each_design_and_refuses_mixed_budgets():
+    def result(name, steps, pearson):
+        return {"variant": {"name": name}, "steps": steps, "seed": 0, "eval_split": "test",
+                "eval_images": 300, "curve": [{"pearson_u": 0.1, "mae_u": 0.3},
+                                              {"pearson_u": pearson, "mae_u": 0.2}]}
+    latency = {"rows": [{"variant": RECIPE_VARIANT, "autocast": {"share_of_detector_ms": 0.27}}]}
+    text = fidelity_summary([result(RECIPE_VARIANT, 2000, 0.9), result("other", 2000, 0.8)],
+                            latency)
+    assert f"{RECIPE_VARIANT} (the recipe's) 0.900 (MAE 0.200, 27 % of the detector's time)" \
+        in text
+    assert "other 0.800 (MAE 0.200)" in text and "2000 steps" in text
+    with pytest.raises(ValueError, match="same --steps"):
+        fidelity_summary([result(RECIPE_VARIANT, 2000, 0.9), result("other", 500, 0.8)])
