@@ -228,7 +228,8 @@ def fidelity_summary(results: list[dict], latency: dict | None = None) -> str:
     parts = []
     for r in results:
         last, name = r["curve"][-1], r["variant"]["name"]
-        cost = f", {100 * share[name]:.0f} % of the detector's time" if name in share else ""
+        cost = (f", {100 * share[name]:.0f} % of the detector's time under autocast"
+                if name in share else "")
         recipe = " (the recipe's)" if name == RECIPE_VARIANT else ""
         parts.append(f"{name}{recipe} {last['pearson_u']:.3f} (MAE {last['mae_u']:.3f}{cost})")
     return (f"Trained alone for {r0['steps']} steps (seed {r0['seed']}) and read on "
