@@ -111,8 +111,8 @@ def seed_summary(values: Mapping[int, float | None], replicas: Mapping[int, np.n
 def t_interval(values: Sequence[float], level: float = LEVEL) -> list[float]:
     """Student-t interval of the mean of ``values`` (n ≥ 2)."""
     v = np.asarray(values, np.float64)
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return [float(v.mean() - half), float(v.mean() + half)]
+    low, high = stats.t.interval(level, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return [float(low), float(high)]
 
 
 def paired_difference(a: Mapping, b: Mapping, index: np.ndarray, key: str = "AP") -> tuple:

@@ -71,6 +71,14 @@ VARIANTS: tuple[PredictorVariant, ...] = (
 RECIPE_VARIANT = "mnv3l-group-160-sizemap-crop"  # recipes.py's predictor
 
 
+def _write_json(path: Path, result: dict) -> None:
+    """Write ``result`` atomically (a stopped study leaves no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
 def run_variant(variant: PredictorVariant, data: str | Path, eval_split: str, out: Path,
                 steps: int, eval_every: int, eval_images: int | None = None,
                 base_size: int = 256, seed: int = 0, progress: bool = True) -> dict:
@@ -105,11 +113,7 @@ def run_variant(variant: PredictorVariant, data: str | Path, eval_split: str, ou
               "predictor_share": predictor_gflops / detector_gflops,
               "machine": platform.processor() or platform.machine(),
               "torch_threads": torch.get_num_threads(), "curve": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"predictor_{variant.name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    _write_json(out / f"predictor_{variant.name}.json", result)
     return result
 
 
@@ -177,11 +181,7 @@ def time_variants(variants: list[PredictorVariant], data: str | Path, out: Path,
               "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "load_average": list(os.getloadavg())},
               "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "latency.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    _write_json(out / "latency.json", result)
     return result
 
 
