@@ -17,6 +17,7 @@ from .bench_figures import COLUMN_LABELS, figures, save_figures
 from .bench_stats import replica_index
 from .bench_summary import ORACLE_COLUMNS, summarize
 from .bench_text import (
+    ablation_findings,
     best_fixed,
     ci,
     elastic_choice,
@@ -193,7 +194,8 @@ def ablation_lines(s: Mapping) -> list[str]:
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "
                      f"{num(a['spearman'], '+.2f')} | {saved[0]} | {saved[1]} |")
-    return lines
+    findings = ablation_findings(s)
+    return lines + (["", findings] if findings else [])
 
 
 def latency_lines(s: Mapping) -> list[str]:

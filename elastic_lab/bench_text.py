@@ -164,12 +164,46 @@ def _against_fixed(s: Mapping) -> str:
             f"{ci(d['interval'], fmt_dap)} (the detector budget).")
 
 
+def _saving(x) -> str:
+    """A compute saving as read from a summary or results.json ("inf" strings included)."""
+    if x is None or x.get("mean") is None:
+        return "n/a"
+    return f"{pct(float(x['mean']))} {ci([float(v) for v in x['interval']] if x['interval'] else None)}"
+
+
+def ablation_findings(s: Mapping) -> str | None:
+    """The seed-0 ablations against elastic of the same seed, each with its paired AP difference
+    and whether that difference clears the test-image noise; None until one is trained."""
+    rows = s.get("ablations") or []
+    base = next((a for a in rows if a["run"] == "elastic"), None)
+    others = [a for a in rows if a["run"] != "elastic" and a.get("ap_minus_elastic")]
+    if base is None or not others:
+        return None
+
+    def point(a: Mapping) -> str:
+        return (f"AP {fmt_ap(a['AP'])} at {num(a['gflops'], '.2f')} GFLOPs (mean φ "
+                f"{num(a['mean_phi'], '.2f')}, Pearson(u, u*) {num(a['pearson_u'], '.2f')}, "
+                f"compute saved against the fixed front {_saving(a.get('compute_saved_vs_fixed_front'))})")
+
+    def effect(d: Mapping) -> str:
+        lo, hi = d["interval"]
+        where = ("lower beyond" if hi < 0 else "higher beyond" if lo > 0 else "within")
+        return (f"AP {fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)} against elastic, "
+                f"{where} the test-image noise")
+    parts = [f"`{a['run']}` ({a['note']}): {point(a)}; {effect(a['ap_minus_elastic'])}"
+             for a in others]
+    return (f"**Ablations** (seed {base['seed']}, one training run each, so their intervals "
+            f"cover the test images but not the spread over training runs): `elastic` "
+            f"{point(base)}. " + ". ".join(parts) + ".")
+
+
 def readme_summary(s: Mapping) -> str:
     """The README's benchmark summary: the verdict, elastic's choices, the best fixed
-    resolution and, when it never reaches elastic, multi-scale's best point."""
+    resolution, multi-scale's reach and the ablations trained so far."""
     parts = [verdict(s)]
     if s.get("headline") is not None:
-        parts += [elastic_choice(s), best_fixed(s), multiscale_never_reaches(s)]
+        parts += [elastic_choice(s), best_fixed(s), multiscale_never_reaches(s),
+                  ablation_findings(s)]
     return " ".join(p for p in parts if p)
 
 

@@ -32,7 +32,7 @@ from elastic_lab.bench_latency import summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells
-from elastic_lab.bench_text import multiscale_never_reaches
+from elastic_lab.bench_text import ablation_findings, multiscale_never_reaches
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
 from elastic_lab.data.coco import CocoDetection
@@ -434,3 +434,24 @@ def test_the_multiscale_sentence_names_the_seeds_on_which_it_reaches_elastic():
     finite = summary({"0": {"value": 0.2, "interval": [0.1, 0.3]}})
     finite["headline"]["multiscale"]["compute_saved"].update(mean=0.2, interval=[0.1, 0.3])
     assert multiscale_never_reaches(finite) is None
+
+
+def test_the_ablation_sentence_says_which_differences_clear_the_noise():
+    def row(run, ap, diff=None):
+        saved = {"mean": "inf" if ap > 0.4 else 0.1, "interval": [0.05, "inf"]}
+        out = {"run": run, "seed": 0, "note": f"what {run} changes", "AP": ap, "gflops": 4.0,
+               "mean_phi": 0.8, "pearson_u": 0.9, "compute_saved_vs_fixed_front": saved}
+        if diff is not None:
+            out["ap_minus_elastic"] = {"mean": diff[0], "interval": list(diff[1:])}
+        return out
+
+    assert ablation_findings({"ablations": [row("elastic", 0.34)]}) is None  # nothing to compare
+    text = ablation_findings({"ablations": [
+        row("elastic", 0.34), row("worse", 0.30, (-0.04, -0.06, -0.02)),
+        row("same", 0.345, (0.005, -0.01, 0.02)), row("better", 0.41, (0.07, 0.05, 0.09))]})
+    assert text.startswith("**Ablations** (seed 0, one training run each")
+    assert "`worse` (what worse changes): AP 0.300 at 4.00 GFLOPs" in text
+    assert "AP -0.040 [-0.060, -0.020] against elastic, lower beyond the test-image noise" in text
+    assert "AP +0.005 [-0.010, +0.020] against elastic, within the test-image noise" in text
+    assert "AP +0.070 [+0.050, +0.090] against elastic, higher beyond the test-image noise" in text
+    assert "compute saved against the fixed front +10.0 % [+5.0 %, ∞]" in text
