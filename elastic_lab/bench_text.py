@@ -190,7 +190,7 @@ def ablation_findings(s: Mapping) -> str | None:
         where = ("lower beyond" if hi < 0 else "higher beyond" if lo > 0 else "within")
         return (f"AP {fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)} against elastic, "
                 f"{where} the test-image noise")
-    parts = [f"`{a['run']}` ({a['note']}): {point(a)}; {effect(a['ap_minus_elastic'])}"
+    parts = [f"`{a['run']}`, {a['note']}: {point(a)}; {effect(a['ap_minus_elastic'])}"
              for a in others]
     return (f"**Ablations** (seed {base['seed']}, one training run each, so their intervals "
             f"cover the test images but not the spread over training runs): `elastic` "

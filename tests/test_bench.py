@@ -450,7 +450,7 @@ def test_the_ablation_sentence_says_which_differences_clear_the_noise():
         row("elastic", 0.34), row("worse", 0.30, (-0.04, -0.06, -0.02)),
         row("same", 0.345, (0.005, -0.01, 0.02)), row("better", 0.41, (0.07, 0.05, 0.09))]})
     assert text.startswith("**Ablations** (seed 0, one training run each")
-    assert "`worse` (what worse changes): AP 0.300 at 4.00 GFLOPs" in text
+    assert "`worse`, what worse changes: AP 0.300 at 4.00 GFLOPs" in text
     assert "AP -0.040 [-0.060, -0.020] against elastic, lower beyond the test-image noise" in text
     assert "AP +0.005 [-0.010, +0.020] against elastic, within the test-image noise" in text
     assert "AP +0.070 [+0.050, +0.090] against elastic, higher beyond the test-image noise" in text
