@@ -28,6 +28,7 @@ from .bench_text import (
     num,
     pct,
     per_seed,
+    saving,
     verdict,
 )
 
@@ -189,7 +190,7 @@ def ablation_lines(s: Mapping) -> list[str]:
         d = a.get("ap_minus_elastic")
         dap = f"{fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)}" if d else "—"
         saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
-        saved = [f"{pct(x['mean'])} {ci(x['interval'])}" if x else "n/a" for x in saved]
+        saved = [saving(x) for x in saved]
         lines.append(f"| {a['run']} s{a['seed']} | {a['note']} | {fmt_ap(a['AP'])} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "

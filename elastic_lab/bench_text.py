@@ -164,11 +164,13 @@ def _against_fixed(s: Mapping) -> str:
             f"{ci(d['interval'], fmt_dap)} (the detector budget).")
 
 
-def _saving(x) -> str:
-    """A compute saving as read from a summary or results.json ("inf" strings included)."""
+def saving(x: Mapping | None) -> str:
+    """A compute saving (a seed summary) as "mean [lo, hi]", from a summary in memory or as
+    read back from results.json ("inf" strings included)."""
     if x is None or x.get("mean") is None:
         return "n/a"
-    return f"{pct(float(x['mean']))} {ci([float(v) for v in x['interval']] if x['interval'] else None)}"
+    iv = [float(v) for v in x["interval"]] if x["interval"] else None
+    return f"{pct(float(x['mean']))} {ci(iv)}"
 
 
 def ablation_findings(s: Mapping) -> str | None:
@@ -183,7 +185,8 @@ def ablation_findings(s: Mapping) -> str | None:
     def point(a: Mapping) -> str:
         return (f"AP {fmt_ap(a['AP'])} at {num(a['gflops'], '.2f')} GFLOPs (mean φ "
                 f"{num(a['mean_phi'], '.2f')}, Pearson(u, u*) {num(a['pearson_u'], '.2f')}, "
-                f"compute saved against the fixed front {_saving(a.get('compute_saved_vs_fixed_front'))})")
+                "compute saved against the fixed front "
+                f"{saving(a.get('compute_saved_vs_fixed_front'))})")
 
     def effect(d: Mapping) -> str:
         lo, hi = d["interval"]

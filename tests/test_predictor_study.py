@@ -104,8 +104,8 @@ def test_fidelity_summary_quotes_each_design_and_refuses_mixed_budgets():
     latency = {"rows": [{"variant": RECIPE_VARIANT, "autocast": {"share_of_detector_ms": 0.27}}]}
     text = fidelity_summary([result(RECIPE_VARIANT, 2000, 0.9), result("other", 2000, 0.8)],
                             latency)
-    assert f"{RECIPE_VARIANT} (the recipe's) 0.900 (MAE 0.200, 27 % of the detector's time under autocast)" \
-        in text
+    assert (f"{RECIPE_VARIANT} (the recipe's) 0.900 (MAE 0.200, 27 % of the detector's time "
+            "under autocast)") in text
     assert "other 0.800 (MAE 0.200)" in text and "2000 steps" in text
     with pytest.raises(ValueError, match="same --steps"):
         fidelity_summary([result(RECIPE_VARIANT, 2000, 0.9), result("other", 500, 0.8)])
