@@ -10,7 +10,8 @@ at one seed, trained with the same data, detector and budget (bench_cells.py):
   φ): seeds 0, 1, 2;
 - the ablations at seed 0: ``elastic_no_scale_loss``, ``elastic_no_dist_loss``,
   ``elastic_paper_dist``, ``elastic_tau_max_1.25``, ``elastic_tau_max_2``;
-- ``latency``: elastic against fixed_1.00 (seed 0), paired in one process (bench_latency.py).
+- ``latency``: elastic against fixed_1.00 (seed 0), paired in one process (bench_latency.py),
+  at the size they were trained at and, time only, at larger processing sizes.
 
 Each finished cell writes one small result file ``OUT/cells/<cell>.json`` (committed; the run
 folders ``OUT/runs/<cell>/`` are not). ``make bench`` trains only the cells without a file, in
@@ -52,7 +53,7 @@ from .bench_cells import (
     write_cell,
 )
 from .bench_eval import SWEEP, EvalOptions, SharedFlops, evaluate_cell
-from .bench_latency import paired_latency
+from .bench_latency import latency_by_base_size, paired_latency
 from .bench_report import write_report
 from .data.coco import CocoDetection
 from .experiments import ensure_synth, first_images
@@ -80,6 +81,7 @@ class BenchOptions:
     latency_images: int = 30
     latency_repeats: int = 20
     latency_files: tuple[str, str] | None = None  # time these (elastic, fixed) checkpoint files
+    latency_base_sizes: tuple[int, ...] = (512, 800)  # time the pair at these short sides too
     synth_sizes: tuple[int, int, int] = (2000, 300, 300)
     device: str = "auto"
     amp: bool = False
@@ -90,11 +92,13 @@ class BenchOptions:
 
 def smoke_options(out: str = SMOKE_OUT) -> BenchOptions:
     """Seconds, not hours: the smoke recipe at one seed with one ablation, 3 test images, a
-    3-point sweep, 10 replicas, the latency of 2 images x 2 repeats, one CPU thread (tiny
-    models on a busy 2-core machine run far slower on two), no PNGs."""
+    3-point sweep, 10 replicas, the latency of 2 images x 2 repeats (and at one larger
+    processing size), one CPU thread (tiny models on a busy 2-core machine run far slower on
+    two), no PNGs."""
     return BenchOptions(data=str(Path(out) / "synth"), out=out, seeds=(0,),
                         ablations=("elastic_no_scale_loss",), eval_images=3, replicas=10,
                         scales=(0.75, 1.0, 1.25), latency_images=2, latency_repeats=2,
+                        latency_base_sizes=(96,),
                         synth_sizes=(8, 4, 3), threads=1, smoke=True, png=False)
 
 
@@ -159,14 +163,18 @@ def run_latency(opts: BenchOptions) -> dict:
     dataset = report_dataset(opts, meta["categories"])
     cache = load_flops_cache(opts)
     start = time.perf_counter()
-    result = paired_latency(model, reference, dataset, opts.latency_images,
-                            opts.latency_repeats, amp=opts.amp,
-                            flops=SharedFlops(model, meta, cache),
-                            reference_flops=SharedFlops(reference, ref_meta, cache))
+    timing = {"images": opts.latency_images, "repeats": opts.latency_repeats, "amp": opts.amp,
+              "flops": SharedFlops(model, meta, cache),
+              "reference_flops": SharedFlops(reference, ref_meta, cache)}
+    result = paired_latency(model, reference, dataset, **timing)
+    others = latency_by_base_size(model, reference, dataset,
+                                  [s for s in opts.latency_base_sizes if s != model.base_size],
+                                  **timing)
     save_flops_cache(opts, cache)
     out = {"cell": LATENCY, "model": names[0], "reference": names[1],
-           "origins": origins, **_stamp(opts, device),
-           **result, "seconds": round(time.perf_counter() - start, 1)}
+           "origins": origins, **_stamp(opts, device), **result,
+           "base_size": model.base_size, "max_size": model.max_size, "other_sizes": others,
+           "seconds": round(time.perf_counter() - start, 1)}
     write_cell(Path(opts.out) / "cells", LATENCY, out)
     return out
 
@@ -241,6 +249,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-files", default=None, metavar="ELASTIC.pt,FIXED.pt",
                    help="the latency cell times these two checkpoints instead of the seed's "
                         "run folders (e.g. the shipped exports of elastic_s0, fixed_1.00_s0)")
+    p.add_argument("--latency-sizes", type=int, nargs="*", default=None, metavar="PIXELS",
+                   help="the latency cell also times the pair at these processing sizes (short "
+                        f"side; default {' '.join(map(str, d.latency_base_sizes))}; time and "
+                        "FLOPs only, the detectors were trained at another)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; recorded in every cell)")
     p.add_argument("--no-png", action="store_true", help="figures as HTML only")
@@ -257,7 +269,17 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                    else None, max_cells=args.max_cells, report_only=args.report_only,
                    device=args.device, amp=args.amp, png=opts.png and not args.no_png,
                    threads=args.threads or opts.threads,
-                   latency_files=_file_pair(args.latency_files))
+                   latency_files=_file_pair(args.latency_files),
+                   latency_base_sizes=opts.latency_base_sizes if args.latency_sizes is None
+                   else _sizes(args.latency_sizes))
+
+
+def _sizes(given: list[int]) -> tuple[int, ...]:
+    """``--latency-sizes`` as processing sizes (short sides of at least 32 pixels)."""
+    bad = [s for s in given if s < 32]
+    if bad:
+        raise SystemExit(f"--latency-sizes: a processing size is at least 32 pixels, got {bad}")
+    return tuple(given)
 
 
 def _file_pair(text: str | None) -> tuple[str, str] | None:

@@ -15,11 +15,20 @@ predictor chose, so the cell also tells where the time goes: the detector's own 
 its FLOPs saving, and the predictor's time (elastic minus its detector, per image) against its
 share of the FLOPs. At batch 1 on a CPU a small network of many thin layers costs far more time
 than its FLOPs suggest, and that is what this split shows.
+
+The same pair is then timed at larger processing sizes (:func:`latency_by_base_size`): the
+short side the detectors resize to (their ``base_size``, ``max_size`` in proportion) is raised,
+say from the 256 pixels they were trained at to 512 or 800 (COCO's), with the φ each image was
+given unchanged, since the predictor sees a fixed thumbnail. Only time and FLOPs are measured
+there (accuracy at a size the detectors never saw means nothing), and it shows how much of the
+gap between the latency and the FLOPs saving is a fixed cost per call that larger images
+dilute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -94,6 +103,35 @@ def paired_latency(model, reference, dataset, images: int = 30, repeats: int = 2
                          "gflops": round(g_m, 4), "detector_gflops": round(g_det, 4),
                          "reference_gflops": round(g_r, 4)})
     return summarize_latency(rows, repeats, warmup)
+
+
+@contextmanager
+def processing_size(models: Sequence, base_size: int) -> Iterator[None]:
+    """Within the block every model of ``models`` (ElasticDETR) resizes images to short side
+    ``base_size`` (times φ), its ``max_size`` scaled by the same factor; restored after."""
+    saved = [(m.base_size, m.max_size) for m in models]
+    try:
+        for m in models:
+            factor = base_size / m.base_size
+            m.base_size = int(base_size)
+            m.max_size = None if m.max_size is None else round(m.max_size * factor)
+        yield
+    finally:
+        for m, (base, top) in zip(models, saved):
+            m.base_size, m.max_size = base, top
+
+
+def latency_by_base_size(model, reference, dataset, base_sizes: Sequence[int], **options
+                         ) -> list[dict]:
+    """:func:`paired_latency` of the same pair at each processing size of ``base_sizes`` (see
+    the module docstring), each result with its ``base_size`` and ``max_size``; ``options``
+    go to :func:`paired_latency`."""
+    out = []
+    for size in base_sizes:
+        with processing_size((model, reference), size):
+            out.append({"base_size": int(size), "max_size": model.max_size,
+                        **paired_latency(model, reference, dataset, **options)})
+    return out
 
 
 def total_ratio_interval(ms: np.ndarray, reference_ms: np.ndarray, level: float = 0.95,

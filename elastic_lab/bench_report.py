@@ -23,6 +23,7 @@ from .bench_text import (
     elastic_choice,
     fmt_ap,
     fmt_dap,
+    latency_at_sizes,
     mean_sd,
     multiscale_never_reaches,
     num,
@@ -135,7 +136,9 @@ def target_lines(s: Mapping) -> list[str]:
     late = [t for t in s["targets"] if t["name"] == "latency" and t["met"] is False]
     split = _latency_split(s.get("latency") or {})
     if late and split:
-        lines.append("- latency: " + split[1][len("Where the time goes: "):])
+        sizes = latency_at_sizes(s)
+        lines.append("- latency: " + split[1][len("Where the time goes: "):]
+                     + (f" {sizes}" if sizes else ""))
     return lines
 
 
@@ -221,7 +224,37 @@ def latency_lines(s: Mapping) -> list[str]:
         f"{num(lat['latency_to_flops_saving'], '.2f')}. Per image, the median time ratio is "
         f"{num(lat['median_ratio'], '.3f')} "
         f"{ci(lat['median_ratio_interval'], lambda x: num(x, '.3f'))} against a median FLOPs "
-        f"ratio of {num(lat['median_flops_ratio'], '.3f')}."] + _latency_split(lat)
+        f"ratio of {num(lat['median_flops_ratio'], '.3f')}."] + _latency_split(lat) + \
+        _size_table(lat)
+
+
+def _size_table(lat: Mapping) -> list[str]:
+    """The pair at its own processing size and at the cell's other sizes, one row each."""
+    others = lat.get("other_sizes") or []
+    if not others:
+        return []
+    lines = ["", (f"At other processing sizes: the same two models and the same φ per image, "
+                  f"with the short side they resize to (base size) changed from "
+                  f"{lat.get('base_size', 'the trained')} px; the test images are upsampled. "
+                  "Only time and FLOPs are measured there: the detectors never saw that size, "
+                  "so their accuracy at it means nothing. The rows show how much of the gap "
+                  "between the latency and the FLOPs saving is a fixed cost per call."), "",
+             ("| short side (px) | fixed ms (mean) | elastic ms (mean) | latency saved [95 %] "
+             "| FLOPs saved | latency / FLOPs saving | detector alone: latency / FLOPs saving "
+             "| predictor: share of the fixed time / of its FLOPs |"),
+             "|---|---|---|---|---|---|---|---|"]
+    for part in [lat, *others]:
+        det, pred = part.get("detector") or {}, part.get("predictor") or {}
+        own = "" if part is not lat else " (trained)"
+        lines.append(
+            f"| {part.get('base_size', 'trained')}{own} | {num(part['reference_mean_ms'], '.1f')} "
+            f"| {num(part['mean_ms'], '.1f')} | {pct(part['latency_saved'])} "
+            f"{ci(part['latency_saved_interval'])} | {pct(part['flops_saved'])} "
+            f"| {num(part['latency_to_flops_saving'], '.2f')} "
+            f"| {num(det.get('latency_to_flops_saving'), '.2f')} "
+            f"| {num(100 * pred['share_of_reference_ms'], '.1f') if pred else 'n/a'} % / "
+            f"{num(100 * pred['share_of_reference_gflops'], '.1f') if pred else 'n/a'} % |")
+    return lines
 
 
 def _latency_split(lat: Mapping) -> list[str]:

@@ -266,20 +266,32 @@ def stale_cells(cells: Mapping[str, Mapping]) -> list[str]:
     return out
 
 
+def latency_summary(cell: Mapping | None) -> dict | None:
+    """The latency cell with today's statistics of its timings (bench_latency.
+    summarize_latency), at its own size and at each of its ``other_sizes``, without the
+    per-image rows."""
+    if cell is None:
+        return None
+
+    def restated(part: Mapping) -> dict:
+        if part.get("per_image"):
+            part = {**part, **summarize_latency(part["per_image"], part["repeats"],
+                                                part["warmup"])}
+        return {k: v for k, v in part.items() if k != "per_image"}
+
+    return {**restated(cell), "other_sizes": [restated(o) for o in cell.get("other_sizes", [])]}
+
+
 def summarize(cells: Mapping[str, Mapping], expected: Sequence[str]) -> dict:
     """results.json from the cell files (see the module docstring)."""
-    latency = cells.get(LATENCY)
-    if latency is not None and latency.get("per_image"):  # today's statistics of its timings
-        latency = {**latency, **summarize_latency(latency["per_image"], latency["repeats"],
-                                                  latency["warmup"])}
+    latency = latency_summary(cells.get(LATENCY))
     runs = by_run(cells)
     index = replica_index({n: c for n, c in cells.items() if n != LATENCY})
     missing = [n for n in expected if n not in cells]
     out = {"cells": {n: {"machine": c.get("machine"), "training": c.get("training"),
                          "evaluation_seconds": c.get("evaluation_seconds")}
                      for n, c in cells.items()},
-           "missing": missing, "stale": stale_cells(cells), "latency": None if latency is None else
-           {k: v for k, v in latency.items() if k != "per_image"}}
+           "missing": missing, "stale": stale_cells(cells), "latency": latency}
     if index is None:
         out.update({"headline": None, "targets": targets(None, None, out["latency"]),
                     "ablations": [], "oracles": {},

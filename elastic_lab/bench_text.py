@@ -200,6 +200,26 @@ def ablation_findings(s: Mapping) -> str | None:
             f"{point(base)}. " + ". ".join(parts) + ".")
 
 
+def latency_at_sizes(s: Mapping) -> str | None:
+    """How the latency saving follows the FLOPs saving at the latency cell's other processing
+    sizes (time and FLOPs only); None when the cell timed no other size."""
+    lat = s.get("latency") or {}
+    others = lat.get("other_sizes") or []
+    if not others:
+        return None
+    parts = [f"at a short side of {o['base_size']} px latency saved {pct(o['latency_saved'])} "
+             f"{ci(o['latency_saved_interval'])} for {pct(o['flops_saved'])} of the FLOPs "
+             f"(ratio {num(o['latency_to_flops_saving'], '.2f')}; the predictor "
+             f"{num(100 * o['predictor']['share_of_reference_ms'], '.1f')} % of the fixed "
+             "detector's time)" for o in others]
+    trained = lat.get("base_size")
+    return ("With the same per-image φ and the short side raised from "
+            + (f"the {trained} px the detectors were trained at" if trained
+               else "the size the detectors were trained at")
+            + " (time and FLOPs only: accuracy there is not measured), " + "; ".join(parts)
+            + ".")
+
+
 def readme_summary(s: Mapping) -> str:
     """The README's benchmark summary: the verdict, elastic's choices, the best fixed
     resolution, multi-scale's reach and the ablations trained so far."""

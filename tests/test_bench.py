@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+import torch
 
 import elastic_lab.train as train_module
 from elastic_lab import bench, experiments, recipes
@@ -28,16 +29,17 @@ from elastic_lab.bench_cells import (
 )
 from elastic_lab.bench_eval import loss_options_of
 from elastic_lab.bench_figures import save_figures
-from elastic_lab.bench_latency import summarize_latency
+from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells
 from elastic_lab.bench_text import ablation_findings, multiscale_never_reaches
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
+from elastic_lab.config import smoke_config
 from elastic_lab.data.coco import CocoDetection
 from elastic_lab.experiments import first_images, trained_seconds
-from elastic_lab.models.build import load_model
+from elastic_lab.models.build import build_model, load_model
 from elastic_lab.oracles import ap_optimal, detect_at, loss_optimal
 from elastic_lab.runtime import split_paths
 from elastic_lab.train import add_arguments, config_from_args
@@ -264,6 +266,56 @@ def test_smoke_latency_is_paired_and_set_beside_the_flops(smoke):
     assert lat["predictor"]["median_ms"] == pytest.approx(float(np.median(
         [r["ms"] - r["detector_ms"] for r in lat["per_image"]])), abs=1e-3)
     assert lat["detector"]["flops_saved"] > lat["flops_saved"]
+
+
+def test_smoke_latency_at_another_size_keeps_each_images_phi_and_scales_only_the_detector(
+        smoke):
+    out, opts = smoke
+    lat = json.loads((out / "cells" / "latency.json").read_text())
+    (other,) = lat["other_sizes"]
+    assert other["base_size"] == opts.latency_base_sizes[0] > lat["base_size"]
+    assert other["max_size"] == (None if lat["max_size"] is None else
+                                 round(lat["max_size"] * other["base_size"] / lat["base_size"]))
+    assert other["repeats"] == opts.latency_repeats
+    for small, large in zip(lat["per_image"], other["per_image"], strict=True):
+        assert large["image_id"] == small["image_id"] and large["phi"] == small["phi"]
+        assert large["reference_gflops"] > 1.5 * small["reference_gflops"]
+        assert large["detector_gflops"] > 1.5 * small["detector_gflops"]
+        # the predictor sees the same thumbnail whatever size the detector works at
+        assert large["gflops"] - large["detector_gflops"] == pytest.approx(
+            small["gflops"] - small["detector_gflops"], abs=2e-4)
+    results = json.loads((out / "results.json").read_text())
+    (summary,) = results["latency"]["other_sizes"]
+    assert "per_image" not in summary and summary["base_size"] == other["base_size"]
+    assert summary["latency_saved"] == pytest.approx(other["latency_saved"], abs=1e-4)
+    report = (out / "results.md").read_text()
+    assert f"| {other['base_size']} | " in report and f"| {lat['base_size']} (trained) | " in report
+
+
+def test_processing_size_is_restored_even_when_the_timing_fails():
+    model = replace(smoke_config("data", "out", "elastic").model, max_size=107)
+    a = build_model(model, num_classes=2)
+    b = build_model(replace(model, mode="fixed"), num_classes=2)
+    with pytest.raises(RuntimeError, match="stop"), processing_size((a, b), 128):
+        assert (a.base_size, a.max_size, b.base_size) == (128, 214, 128)
+        assert a.sizes([(64, 64)], torch.tensor([1.0])) == [(128, 128)]
+        raise RuntimeError("stop")
+    assert (a.base_size, a.max_size, b.base_size, b.max_size) == (64, 107, 64, 107)
+
+
+def test_the_latency_sizes_of_the_command_line():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+
+    def sizes(*argv: str) -> tuple[int, ...]:
+        return bench.options_from_args(parser.parse_args(list(argv))).latency_base_sizes
+
+    assert sizes() == bench.BenchOptions.latency_base_sizes == (512, 800)
+    assert sizes("--smoke") == bench.smoke_options().latency_base_sizes
+    assert sizes("--latency-sizes", "384") == (384,)
+    assert sizes("--latency-sizes") == ()  # the trained size only
+    with pytest.raises(SystemExit, match=r"--latency-sizes.*\[16\]"):
+        sizes("--latency-sizes", "512", "16")
 
 
 def test_latency_saving_is_a_ratio_of_totals_like_the_flops_saving():
