@@ -17,6 +17,7 @@ from .bench_figures import COLUMN_LABELS, figures, save_figures
 from .bench_stats import replica_index
 from .bench_summary import ORACLE_COLUMNS, summarize
 from .bench_text import (
+    ablation_ap,
     ablation_findings,
     best_fixed,
     ci,
@@ -30,6 +31,8 @@ from .bench_text import (
     pct,
     per_seed,
     saving,
+    seed_mean,
+    seed_names,
     verdict,
 )
 
@@ -184,17 +187,17 @@ def oracle_lines(s: Mapping) -> list[str]:
 
 
 def ablation_lines(s: Mapping) -> list[str]:
-    lines = ["## Ablations (one seed)", "",
+    lines = ["## Ablations (first seed; a run trained at more seeds: their mean ± sd)", "",
              ("| run | what | AP | ΔAP vs elastic [95 %] | GFLOPs | mean φ | γ | "
               "Pearson(u, u*) | Spearman(φ, side) | saved vs fixed front | "
               "saved vs multi-scale |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in s["ablations"]:
         d = a.get("ap_minus_elastic")
-        dap = f"{fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)}" if d else "—"
+        dap = f"{seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}" if d else "—"
         saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
         saved = [saving(x) for x in saved]
-        lines.append(f"| {a['run']} s{a['seed']} | {a['note']} | {fmt_ap(a['AP'])} | {dap} | "
+        lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "
                      f"{num(a['spearman'], '+.2f')} | {saved[0]} | {saved[1]} |")

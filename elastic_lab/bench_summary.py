@@ -198,29 +198,51 @@ def gap_analysis(runs: Mapping, index: np.ndarray) -> dict | None:
 
 
 def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
-    """Seed-0 elastic and every ablation: own row, γ, fidelity, AP against elastic (paired) and
-    compute saved against both fronts of the same seed."""
+    """Elastic and every ablation trained: own row (mean over the run's seeds), γ, fidelity,
+    AP against elastic (paired, at the seeds both have) and compute saved against both fronts
+    of the same seeds. The ablations run at the first seed; a run trained at more seeds
+    (``elastic-lab bench --cells elastic_no_dist_loss_s1``) is averaged over them, and the
+    elastic row covers the seeds of the ablations present."""
+    elastic_runs = [r for r, spec in recipes.RUNS.items() if spec.mode == "elastic" and runs.get(r)]
+    ablation_seeds = sorted({s for r in elastic_runs if r != "elastic" for s in runs[r]})
     out = []
-    for run, spec in recipes.RUNS.items():
-        if spec.mode != "elastic" or not runs.get(run):
-            continue
-        seed = min(runs[run])
-        cell = runs[run][seed]
-        own = cell["rows"]["own"]
-        entry = {"run": run, "seed": seed, "note": spec.note, "tau_max": spec.tau_max,
-                 **{k: own[k] for k in ("AP", "AP50", "APs", "APl", "gflops", "mean_phi")},
-                 "gamma": cell["elastic"]["gamma"],
-                 "pearson_u": cell["elastic"]["fidelity"].get("pearson_u"),
-                 "spearman": cell["elastic"]["fidelity"].get("spearman_phi_vs_median_side")}
-        if run != "elastic" and seed in runs.get("elastic", {}):
-            v, r = paired_difference(own, runs["elastic"][seed]["rows"]["own"], index)
-            entry["ap_minus_elastic"] = seed_summary({seed: v}, {seed: r})
-        for base, rows in baselines(runs, seed).items():
-            c = compare_rows(own, rows, index)
-            entry[f"compute_saved_vs_{base}"] = seed_summary(
-                {seed: c["compute_saved"]}, {seed: c["replicas"]["compute_saved"]})
+    for run in elastic_runs:
+        seeds = sorted(runs[run])
+        if run == "elastic":
+            seeds = [s for s in ablation_seeds if s in runs[run]] or seeds[:1]
+        cells = [runs[run][s] for s in seeds]
+        own = [c["rows"]["own"] for c in cells]
+        entry = {"run": run, "seed": seeds[0], "seeds": seeds, "note": recipes.RUNS[run].note,
+                 "tau_max": recipes.RUNS[run].tau_max,
+                 **{k: _mean(r[k] for r in own)
+                    for k in ("AP", "AP50", "APs", "APl", "gflops", "mean_phi")},
+                 "AP_sd": float(np.std([r["AP"] for r in own], ddof=1)) if len(own) > 1 else None,
+                 "gamma": _mean(c["elastic"]["gamma"] for c in cells),
+                 "pearson_u": _mean(c["elastic"]["fidelity"].get("pearson_u") for c in cells),
+                 "spearman": _mean(c["elastic"]["fidelity"].get("spearman_phi_vs_median_side")
+                                   for c in cells)}
+        paired = [s for s in seeds if s in runs.get("elastic", {})]
+        if run != "elastic" and paired:
+            diffs = {s: paired_difference(runs[run][s]["rows"]["own"],
+                                          runs["elastic"][s]["rows"]["own"], index)
+                     for s in paired}
+            entry["ap_minus_elastic"] = seed_summary({s: d[0] for s, d in diffs.items()},
+                                                     {s: d[1] for s, d in diffs.items()})
+        for base in ("fixed_front", "multiscale"):
+            found = {s: compare_rows(runs[run][s]["rows"]["own"], rows, index)
+                     for s in seeds for b, rows in baselines(runs, s).items() if b == base}
+            if found:
+                entry[f"compute_saved_vs_{base}"] = seed_summary(
+                    {s: c["compute_saved"] for s, c in found.items()},
+                    {s: c["replicas"]["compute_saved"] for s, c in found.items()})
         out.append(entry)
     return out
+
+
+def _mean(values) -> float | None:
+    """The mean of ``values`` (None when one is None)."""
+    values = list(values)
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def targets(head: Mapping | None, gap: Mapping | None, latency: Mapping | None) -> list[dict]:

@@ -165,16 +165,33 @@ def _against_fixed(s: Mapping) -> str:
 
 
 def saving(x: Mapping | None) -> str:
-    """A compute saving (a seed summary) as "mean [lo, hi]", from a summary in memory or as
-    read back from results.json ("inf" strings included)."""
+    """A compute saving (a seed summary) as "mean [lo, hi]" ("mean ± sd (n seeds) [lo, hi]"
+    over several seeds), from a summary in memory or as read back from results.json ("inf"
+    strings included)."""
     if x is None or x.get("mean") is None:
         return "n/a"
     iv = [float(v) for v in x["interval"]] if x["interval"] else None
-    return f"{pct(float(x['mean']))} {ci(iv)}"
+    return f"{seed_mean({**x, 'mean': float(x['mean'])}, pct)} {ci(iv)}"
+
+
+def seed_mean(x: Mapping, f=pct) -> str:
+    """A seed summary's mean, with "± sd (n seeds)" when it covers several seeds."""
+    return mean_sd(x, f) if len(x.get("seeds") or []) > 1 else f(x["mean"])
+
+
+def seed_names(a: Mapping) -> str:
+    """An ablation row's seeds: "s0", "s0,1,2"."""
+    return "s" + ",".join(str(s) for s in a.get("seeds") or [a["seed"]])
+
+
+def ablation_ap(a: Mapping) -> str:
+    """An ablation row's AP, with the sd over its seeds when it has several."""
+    sd = a.get("AP_sd")
+    return fmt_ap(a["AP"]) + (f" ± {fmt_ap(sd)}" if sd is not None else "")
 
 
 def ablation_findings(s: Mapping) -> str | None:
-    """The seed-0 ablations against elastic of the same seed, each with its paired AP difference
+    """The ablations against elastic of the same seeds, each with its paired AP difference
     and whether that difference clears the test-image noise; None until one is trained."""
     rows = s.get("ablations") or []
     base = next((a for a in rows if a["run"] == "elastic"), None)
@@ -183,7 +200,7 @@ def ablation_findings(s: Mapping) -> str | None:
         return None
 
     def point(a: Mapping) -> str:
-        return (f"AP {fmt_ap(a['AP'])} at {num(a['gflops'], '.2f')} GFLOPs (mean φ "
+        return (f"AP {ablation_ap(a)} at {num(a['gflops'], '.2f')} GFLOPs (mean φ "
                 f"{num(a['mean_phi'], '.2f')}, Pearson(u, u*) {num(a['pearson_u'], '.2f')}, "
                 "compute saved against the fixed front "
                 f"{saving(a.get('compute_saved_vs_fixed_front'))})")
@@ -191,13 +208,23 @@ def ablation_findings(s: Mapping) -> str | None:
     def effect(d: Mapping) -> str:
         lo, hi = d["interval"]
         where = ("lower beyond" if hi < 0 else "higher beyond" if lo > 0 else "within")
-        return (f"AP {fmt_dap(d['mean'])} {ci(d['interval'], fmt_dap)} against elastic, "
+        return (f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)} against elastic, "
                 f"{where} the test-image noise")
-    parts = [f"`{a['run']}`, {a['note']}: {point(a)}; {effect(a['ap_minus_elastic'])}"
+
+    def named(a: Mapping) -> str:
+        seeds = a.get("seeds") or [a["seed"]]
+        return f"`{a['run']}`" + (f" (seeds {', '.join(map(str, seeds))})"
+                                  if len(seeds) > 1 else "")
+    parts = [f"{named(a)}, {a['note']}: {point(a)}; {effect(a['ap_minus_elastic'])}"
              for a in others]
-    return (f"**Ablations** (seed {base['seed']}, one training run each, so their intervals "
-            f"cover the test images but not the spread over training runs): `elastic` "
-            f"{point(base)}. " + ". ".join(parts) + ".")
+    if all(len(a.get("seeds") or [a["seed"]]) == 1 for a in rows):
+        scope = (f"seed {base['seed']}, one training run each, so their intervals cover the test "
+                 "images but not the spread over training runs")
+    else:
+        scope = ("the first seed, and the seeds named for a run trained at more: the mean over "
+                 "them ± the sd, paired against elastic of the same seeds; a one-seed interval "
+                 "covers the test images but not the spread over training runs")
+    return f"**Ablations** ({scope}): {named(base)} {point(base)}. " + ". ".join(parts) + "."
 
 
 def latency_at_sizes(s: Mapping) -> str | None:

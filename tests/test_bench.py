@@ -32,7 +32,7 @@ from elastic_lab.bench_figures import save_figures
 from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
-from elastic_lab.bench_summary import stale_cells
+from elastic_lab.bench_summary import stale_cells, summarize
 from elastic_lab.bench_text import ablation_findings, multiscale_never_reaches
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
@@ -507,3 +507,38 @@ def test_the_ablation_sentence_says_which_differences_clear_the_noise():
     assert "AP +0.005 [-0.010, +0.020] against elastic, within the test-image noise" in text
     assert "AP +0.070 [+0.050, +0.090] against elastic, higher beyond the test-image noise" in text
     assert "compute saved against the fixed front +10.0 % [+5.0 %, ∞]" in text
+
+
+# the elastic twin repeats seed 0, so the headline's t interval over seeds has sd 0
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_an_ablation_trained_at_more_seeds_is_averaged_and_paired_seed_by_seed(smoke):
+    out, _ = smoke
+    cells = {n: json.loads(json.dumps(c)) for n, c in read_cells(out / "cells").items()}
+    # a second training seed of elastic and of the ablation: seed 0's cells with the
+    # ablation's AP raised by 0.1 on every resample
+    for run in ("elastic", "elastic_no_scale_loss"):
+        twin = json.loads(json.dumps(cells[f"{run}_s0"]))
+        twin["cell"], twin["seed"] = f"{run}_s1", 1
+        if run != "elastic":
+            own = twin["rows"]["own"]
+            own["AP"] += 0.1
+            own["bootstrap_ap"] = [a + 0.1 for a in own["bootstrap_ap"]]
+        cells[f"{run}_s1"] = twin
+    rows = {a["run"]: a for a in summarize(cells, list(cells))["ablations"]}
+    base, abl = rows["elastic"], rows["elastic_no_scale_loss"]
+    assert base["seeds"] == abl["seeds"] == [0, 1]
+    d0 = cells["elastic_no_scale_loss_s0"]["rows"]["own"]["AP"] - cells["elastic_s0"]["rows"][
+        "own"]["AP"]
+    d = abl["ap_minus_elastic"]
+    assert d["seeds"] == [0, 1]
+    assert d["mean"] == pytest.approx(d0 + 0.05, abs=1e-6)
+    assert d["sd"] == pytest.approx(0.1 / np.sqrt(2), abs=1e-6)
+    # the interval of the seed mean: seed 0's resamples, shifted by half the raise
+    assert d["interval"] == pytest.approx([x + 0.05 for x in d["per_seed"]["0"]["interval"]],
+                                          abs=1e-6)
+    assert abl["AP"] == pytest.approx(cells["elastic_no_scale_loss_s0"]["rows"]["own"]["AP"]
+                                      + 0.05, abs=1e-6)
+    assert abl["AP_sd"] == pytest.approx(0.1 / np.sqrt(2), abs=1e-6)
+    text = ablation_findings({"ablations": list(rows.values())})
+    assert text.startswith("**Ablations** (the first seed, and the seeds named")
+    assert "`elastic_no_scale_loss` (seeds 0, 1)" in text and "± 0.071 (2 seeds)" in text
