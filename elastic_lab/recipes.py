@@ -78,7 +78,8 @@ class RunSpec:
     use_scale_loss: bool = True
     use_distribution_loss: bool = True
     distribution: str = DISTRIBUTION_LOSS
-    role: str = "main"                 # main | ablation
+    compute_budget: float = COMPUTE_BUDGET
+    role: str = "main"                 # main | ablation | study (trained only when named)
     note: str = ""
 
 
@@ -97,6 +98,12 @@ RUNS: dict[str, RunSpec] = {
     "elastic_tau_max_1.25": RunSpec("elastic", tau_max=1.25, role="ablation",
                                     note="tau_max 1.25"),
     "elastic_tau_max_2": RunSpec("elastic", tau_max=2.0, role="ablation", note="tau_max 2"),
+    # follow-ups to the ablation without L_dist, not cells of the benchmark: trained when named
+    # (elastic-lab bench --cells elastic_budget_0.9_s0)
+    "elastic_budget_0.9": RunSpec("elastic", compute_budget=0.9, role="study",
+                                  note="compute budget 0.9 instead of 0.8"),
+    "elastic_budget_1.0": RunSpec("elastic", compute_budget=1.0, role="study",
+                                  note="compute budget 1.0 instead of 0.8"),
 }
 # the shipped checkpoints: checkpoints/<name>_synth.pt from these runs at seed 0
 SHIPPED = {"fixed": "fixed_1.00", "multiscale": "multiscale", "elastic": "elastic"}
@@ -108,7 +115,7 @@ def loss_options(spec: RunSpec) -> ElasticLossOptions:
     if spec.mode != "elastic":
         return ElasticLossOptions.for_base_size(BASE_SIZE)
     return ElasticLossOptions.for_base_size(
-        BASE_SIZE, distribution=spec.distribution, compute_budget=COMPUTE_BUDGET,
+        BASE_SIZE, distribution=spec.distribution, compute_budget=spec.compute_budget,
         use_scale_loss=spec.use_scale_loss, use_distribution_loss=spec.use_distribution_loss)
 
 

@@ -22,6 +22,7 @@ from elastic_lab.bench_cells import (
     FIXED_FRONT,
     LATENCY,
     MAIN_RUNS,
+    Cell,
     all_cells,
     parse_cell,
     read_cells,
@@ -95,8 +96,14 @@ def test_runs_differ_only_in_what_they_are_named_after():
     changed = {"elastic_no_scale_loss": "loss.use_scale_loss",
                "elastic_no_dist_loss": "loss.use_distribution_loss",
                "elastic_paper_dist": "loss.distribution",
-               "elastic_tau_max_1.25": "model.tau_max", "elastic_tau_max_2": "model.tau_max"}
-    assert set(changed) == {r for r, s in recipes.RUNS.items() if s.role == "ablation"}
+               "elastic_tau_max_1.25": "model.tau_max", "elastic_tau_max_2": "model.tau_max",
+               "elastic_budget_0.9": "loss.compute_budget",
+               "elastic_budget_1.0": "loss.compute_budget"}
+    assert set(changed) == {r for r, s in recipes.RUNS.items() if s.role in ("ablation", "study")}
+    assert recipes.recipe_config("elastic_budget_0.9").loss.compute_budget == 0.9
+    # studies are trained only when named: not cells of the benchmark, never "missing"
+    assert not any(c.startswith("elastic_budget") for c in all_cells())
+    assert parse_cell("elastic_budget_0.9_s1") == Cell("elastic_budget_0.9", 1)
     for run, field in changed.items():
         c = recipes.recipe_config(run).to_dict()
         assert _without(c, "out", field) == _without(el, "out", field), run
