@@ -247,14 +247,31 @@ def latency_at_sizes(s: Mapping) -> str | None:
             + ".")
 
 
+def latency_finding(s: Mapping) -> str | None:
+    """The latency cell in one sentence: time saved against FLOPs saved at the size the
+    detectors were trained at (issue 16's target), then at the cell's other sizes."""
+    lat = s.get("latency")
+    if not lat:
+        return None
+    m = lat.get("machine") or {}
+    trained = f"at the {lat['base_size']} px" if lat.get("base_size") else "at the size"
+    text = (f"**Latency** (paired in one process, batch 1, {m.get('device_name', 'n/a')}, "
+            f"{m.get('torch_threads', 'n/a')} thread(s)): {trained} the detectors were trained "
+            f"at, elastic against the fixed detector: latency saved {pct(lat['latency_saved'])} "
+            f"{ci(lat['latency_saved_interval'])}, FLOPs saved {pct(lat['flops_saved'])} (ratio "
+            f"{num(lat['latency_to_flops_saving'], '.2f')}; the target is at least 0.8).")
+    sizes = latency_at_sizes(s)
+    return text + (f" {sizes}" if sizes else "")
+
+
 def readme_summary(s: Mapping) -> str:
     """The README's benchmark summary: the verdict, elastic's choices, the best fixed
-    resolution, multi-scale's reach and the ablations trained so far."""
+    resolution, multi-scale's reach, the ablations trained so far and the latency cell."""
     parts = [verdict(s)]
     if s.get("headline") is not None:
         parts += [elastic_choice(s), best_fixed(s), multiscale_never_reaches(s),
                   ablation_findings(s)]
-    return " ".join(p for p in parts if p)
+    return " ".join(p for p in parts + [latency_finding(s)] if p)
 
 
 def status_line(cells: Sequence[str], missing: Sequence[str]) -> str:

@@ -34,7 +34,7 @@ from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells, summarize
-from elastic_lab.bench_text import ablation_findings, multiscale_never_reaches
+from elastic_lab.bench_text import ablation_findings, latency_finding, multiscale_never_reaches
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
 from elastic_lab.config import smoke_config
@@ -549,3 +549,25 @@ def test_an_ablation_trained_at_more_seeds_is_averaged_and_paired_seed_by_seed(s
     text = ablation_findings({"ablations": list(rows.values())})
     assert text.startswith("**Ablations** (the first seed, and the seeds named")
     assert "`elastic_no_scale_loss` (seeds 0, 1)" in text and "± 0.071 (2 seeds)" in text
+
+
+def test_the_latency_sentence_sets_time_beside_flops_at_each_size():
+    def part(size, saved, flops, share):
+        return {"base_size": size, "latency_saved": saved, "latency_saved_interval":
+                [saved - 0.05, saved + 0.05], "flops_saved": flops,
+                "latency_to_flops_saving": saved / flops,
+                "predictor": {"share_of_reference_ms": share}}
+
+    assert latency_finding({"latency": None}) is None
+    lat = {**part(256, -0.07, 0.2, 0.24), "machine": {"device_name": "CPU X",
+                                                      "torch_threads": 1}, "other_sizes": []}
+    text = latency_finding({"latency": lat})
+    assert text.startswith("**Latency** (paired in one process, batch 1, CPU X, 1 thread(s)): "
+                           "at the 256 px the detectors were trained at")
+    assert "latency saved -7.0 % [-12.0 %, -2.0 %], FLOPs saved +20.0 % (ratio -0.35;" in text
+    assert "short side" not in text  # no other size timed
+    lat["other_sizes"] = [part(512, 0.1, 0.2, 0.06), part(800, 0.18, 0.2, 0.02)]
+    text = latency_finding({"latency": lat})
+    assert ("at a short side of 512 px latency saved +10.0 % [+5.0 %, +15.0 %] for +20.0 % of "
+            "the FLOPs (ratio 0.50; the predictor 6.0 % of the fixed detector's time)") in text
+    assert "at a short side of 800 px latency saved +18.0 %" in text and "(ratio 0.90;" in text
