@@ -190,17 +190,24 @@ def ablation_lines(s: Mapping) -> list[str]:
     lines = ["## Ablations (first seed; a run trained at more seeds: their mean ± sd)", "",
              ("| run | what | AP | ΔAP vs elastic [95 %] | GFLOPs | mean φ | γ | "
               "Pearson(u, u*) | Spearman(φ, side) | saved vs fixed front | "
-              "saved vs multi-scale |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "AP gain vs fixed front | ΔAP vs best fixed | saved vs multi-scale |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in s["ablations"]:
         d = a.get("ap_minus_elastic")
         dap = f"{seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}" if d else "—"
         saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
         saved = [saving(x) for x in saved]
+        gain = a.get("ap_gain_vs_fixed_front")
+        gain = f"{seed_mean(gain, fmt_dap)} {ci(gain['interval'], fmt_dap)}" if gain else "n/a"
+        best = a.get("vs_best_fixed")
+        best = (f"{seed_mean(best['ap_minus'], fmt_dap)} "
+                f"{ci(best['ap_minus']['interval'], fmt_dap)} vs {best['run']}"
+                if best else "n/a")
         lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "
-                     f"{num(a['spearman'], '+.2f')} | {saved[0]} | {saved[1]} |")
+                     f"{num(a['spearman'], '+.2f')} | {saved[0]} | {gain} | {best} | "
+                     f"{saved[1]} |")
     findings = ablation_findings(s)
     return lines + (["", findings] if findings else [])
 

@@ -88,8 +88,7 @@ def headline(runs: Mapping, index: np.ndarray, model_run: str = "elastic") -> di
 def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
     """The single fixed resolution with the best mean AP, and elastic against it (AP
     difference and GFLOPs ratio, paired, per seed)."""
-    means = {r: np.mean([c["rows"]["own"]["AP"] for c in runs[r].values()])
-             for r in FIXED_FRONT if runs.get(r)}
+    means = _fixed_means(runs)
     if not means:
         return None
     best = max(means, key=means.get)
@@ -106,6 +105,33 @@ def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
                                                   {s: r for s, (_, r) in diff.items()}),
             "elastic_gflops_over_best": seed_summary({s: v for s, (v, _) in ratio.items()},
                                                      {s: r for s, (_, r) in ratio.items()})}
+
+
+def _fixed_means(runs: Mapping) -> dict[str, float]:
+    """Mean AP over seeds of each fixed-resolution run trained."""
+    return {r: float(np.mean([c["rows"]["own"]["AP"] for c in runs[r].values()]))
+            for r in FIXED_FRONT if runs.get(r)}
+
+
+def _against_best_fixed(runs: Mapping, run: str, seeds: Sequence[int], index: np.ndarray
+                        ) -> dict | None:
+    """``run`` against the best single fixed resolution at the seeds both have: the run's
+    name, the paired AP difference and the GFLOPs ratio (seed summaries)."""
+    means = _fixed_means(runs)
+    if not means:
+        return None
+    best = max(means, key=means.get)
+    paired = [s for s in seeds if s in runs[best]]
+    if not paired:
+        return None
+    own = {s: (runs[run][s]["rows"]["own"], runs[best][s]["rows"]["own"]) for s in paired}
+    diff = {s: paired_difference(a, b, index) for s, (a, b) in own.items()}
+    ratio = {s: paired_difference(a, b, index, "gflops_ratio") for s, (a, b) in own.items()}
+    return {"run": best,
+            "ap_minus": seed_summary({s: v for s, (v, _) in diff.items()},
+                                     {s: r for s, (_, r) in diff.items()}),
+            "gflops_ratio": seed_summary({s: v for s, (v, _) in ratio.items()},
+                                         {s: r for s, (_, r) in ratio.items()})}
 
 
 def row_stats(rows: Sequence[Mapping]) -> dict:
@@ -199,8 +225,9 @@ def gap_analysis(runs: Mapping, index: np.ndarray) -> dict | None:
 
 def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
     """Elastic and every ablation trained: own row (mean over the run's seeds), γ, fidelity,
-    AP against elastic (paired, at the seeds both have) and compute saved against both fronts
-    of the same seeds. The ablations run at the first seed; a run trained at more seeds
+    AP against elastic (paired, at the seeds both have), compute saved and AP gain at equal
+    GFLOPs against both fronts of the same seeds, and AP against the best single fixed
+    resolution with the GFLOPs ratio (``vs_best_fixed``). The ablations run at the first seed; a run trained at more seeds
     (``elastic-lab bench --cells elastic_no_dist_loss_s1``) is averaged over them, and the
     elastic row covers the seeds of the ablations present."""
     elastic_runs = [r for r, spec in recipes.RUNS.items() if spec.mode == "elastic" and runs.get(r)]
@@ -232,9 +259,11 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
             found = {s: compare_rows(runs[run][s]["rows"]["own"], rows, index)
                      for s in seeds for b, rows in baselines(runs, s).items() if b == base}
             if found:
-                entry[f"compute_saved_vs_{base}"] = seed_summary(
-                    {s: c["compute_saved"] for s, c in found.items()},
-                    {s: c["replicas"]["compute_saved"] for s, c in found.items()})
+                for key in ("compute_saved", "ap_gain"):
+                    entry[f"{key}_vs_{base}"] = seed_summary(
+                        {s: c[key] for s, c in found.items()},
+                        {s: c["replicas"][key] for s, c in found.items()})
+        entry["vs_best_fixed"] = _against_best_fixed(runs, run, seeds, index)
         out.append(entry)
     return out
 

@@ -190,6 +190,30 @@ def ablation_ap(a: Mapping) -> str:
     return fmt_ap(a["AP"]) + (f" ± {fmt_ap(sd)}" if sd is not None else "")
 
 
+def against_front(a: Mapping) -> str:
+    """An elastic row against the fixed front: its compute saved at equal AP, or, when it
+    scores above every point of the front (saving unbounded), its AP gain at equal GFLOPs."""
+    saved = a.get("compute_saved_vs_fixed_front")
+    gain = a.get("ap_gain_vs_fixed_front")
+    if saved and _unbounded(saved.get("mean")) and gain and gain.get("mean") is not None:
+        return ("above every point of the fixed front, AP gain at equal GFLOPs "
+                f"{seed_mean(gain, fmt_dap)} {ci(gain['interval'], fmt_dap)}")
+    return f"compute saved against the fixed front {saving(saved)}"
+
+
+def beats_best_fixed(a: Mapping) -> str:
+    """"; above the best single fixed resolution …" when the row's paired AP difference to it
+    clears the test-image noise, else ""."""
+    best = a.get("vs_best_fixed")
+    d = best and best["ap_minus"]
+    if not d or not d.get("interval") or d["interval"][0] <= 0:
+        return ""
+    ratio = best["gflops_ratio"]
+    return (f"; it also scores above the best single fixed resolution (`{best['run']}`), "
+            f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}, at "
+            f"{seed_mean(ratio, lambda x: num(x, '.2f'))}× its GFLOPs")
+
+
 def ablation_findings(s: Mapping) -> str | None:
     """The ablations against elastic of the same seeds, each with its paired AP difference
     and whether that difference clears the test-image noise; None until one is trained."""
@@ -202,8 +226,7 @@ def ablation_findings(s: Mapping) -> str | None:
     def point(a: Mapping) -> str:
         return (f"AP {ablation_ap(a)} at {num(a['gflops'], '.2f')} GFLOPs (mean φ "
                 f"{num(a['mean_phi'], '.2f')}, Pearson(u, u*) {num(a['pearson_u'], '.2f')}, "
-                "compute saved against the fixed front "
-                f"{saving(a.get('compute_saved_vs_fixed_front'))})")
+                f"{against_front(a)})")
 
     def effect(d: Mapping) -> str:
         lo, hi = d["interval"]
@@ -216,7 +239,7 @@ def ablation_findings(s: Mapping) -> str | None:
         return f"`{a['run']}`" + (f" (seeds {', '.join(map(str, seeds))})"
                                   if len(seeds) > 1 else "")
     parts = [f"{named(a)}, {a['note']}: {point(a)}; {effect(a['ap_minus_elastic'])}"
-             for a in others]
+             f"{beats_best_fixed(a)}" for a in others]
     if all(len(a.get("seeds") or [a["seed"]]) == 1 for a in rows):
         scope = (f"seed {base['seed']}, one training run each, so their intervals cover the test "
                  "images but not the spread over training runs")

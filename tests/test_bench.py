@@ -502,6 +502,11 @@ def test_the_ablation_sentence_says_which_differences_clear_the_noise():
                "mean_phi": 0.8, "pearson_u": 0.9, "compute_saved_vs_fixed_front": saved}
         if diff is not None:
             out["ap_minus_elastic"] = {"mean": diff[0], "interval": list(diff[1:])}
+        if ap > 0.4:  # above the whole front: its AP gain at equal GFLOPs has the size
+            out["ap_gain_vs_fixed_front"] = {"mean": 0.12, "interval": [0.1, 0.14]}
+        out["vs_best_fixed"] = {"run": "fixed_1.25", "ap_minus": {
+            "mean": ap - 0.38, "interval": [ap - 0.40, ap - 0.36]},
+            "gflops_ratio": {"mean": 0.7, "interval": [0.65, 0.75]}}
         return out
 
     assert ablation_findings({"ablations": [row("elastic", 0.34)]}) is None  # nothing to compare
@@ -514,6 +519,13 @@ def test_the_ablation_sentence_says_which_differences_clear_the_noise():
     assert "AP +0.005 [-0.010, +0.020] against elastic, within the test-image noise" in text
     assert "AP +0.070 [+0.050, +0.090] against elastic, higher beyond the test-image noise" in text
     assert "compute saved against the fixed front +10.0 % [+5.0 %, ∞]" in text
+    assert ("`better`, what better changes: AP 0.410 at 4.00 GFLOPs (mean φ 0.80, Pearson(u, "
+            "u*) 0.90, above every point of the fixed front, AP gain at equal GFLOPs +0.120 "
+            "[+0.100, +0.140])") in text
+    # only the row whose interval against the best fixed resolution clears zero says so
+    assert text.count("above the best single fixed resolution") == 1
+    assert ("higher beyond the test-image noise; it also scores above the best single fixed "
+            "resolution (`fixed_1.25`), AP +0.030 [+0.010, +0.050], at 0.70× its GFLOPs") in text
 
 
 # the elastic twin repeats seed 0, so the headline's t interval over seeds has sd 0
@@ -546,6 +558,17 @@ def test_an_ablation_trained_at_more_seeds_is_averaged_and_paired_seed_by_seed(s
     assert abl["AP"] == pytest.approx(cells["elastic_no_scale_loss_s0"]["rows"]["own"]["AP"]
                                       + 0.05, abs=1e-6)
     assert abl["AP_sd"] == pytest.approx(0.1 / np.sqrt(2), abs=1e-6)
+    # against the best single fixed resolution, paired at the seeds both have
+    fixed = {r: np.mean([c["rows"]["own"]["AP"] for n, c in cells.items()
+                         if n.startswith(r + "_s")]) for r in ("fixed_0.75", "fixed_1.00",
+                                                                "fixed_1.25")}
+    best = max(fixed, key=fixed.get)
+    vs = abl["vs_best_fixed"]
+    assert vs["run"] == best and vs["ap_minus"]["seeds"] == [0]  # the front has seed 0 only
+    assert vs["ap_minus"]["mean"] == pytest.approx(
+        cells["elastic_no_scale_loss_s0"]["rows"]["own"]["AP"]
+        - cells[f"{best}_s0"]["rows"]["own"]["AP"], abs=1e-9)
+    assert abl["ap_gain_vs_fixed_front"]["seeds"] == [0]
     text = ablation_findings({"ablations": list(rows.values())})
     assert text.startswith("**Ablations** (the first seed, and the seeds named")
     assert "`elastic_no_scale_loss` (seeds 0, 1)" in text and "± 0.071 (2 seeds)" in text
