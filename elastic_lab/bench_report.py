@@ -33,6 +33,7 @@ from .bench_text import (
     saving,
     seed_mean,
     seed_names,
+    variants_above_best_fixed,
     verdict,
 )
 
@@ -99,7 +100,7 @@ def headline_lines(s: Mapping) -> list[str]:
                      f"| {mean_sd(gain, fmt_dap)} | {ci(gain['interval'], fmt_dap)} "
                      f"| {ci(gain.get('seed_interval'), fmt_dap)} | {per_seed(gain, fmt_dap)} |")
     never = multiscale_never_reaches(s)
-    best = best_fixed(s)
+    best = " ".join(t for t in (best_fixed(s), variants_above_best_fixed(s)) if t)
     return lines + (["", never] if never else []) + (["", best] if best else [])
 
 

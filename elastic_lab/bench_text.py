@@ -201,17 +201,35 @@ def against_front(a: Mapping) -> str:
     return f"compute saved against the fixed front {saving(saved)}"
 
 
-def beats_best_fixed(a: Mapping) -> str:
-    """"; above the best single fixed resolution …" when the row's paired AP difference to it
-    clears the test-image noise, else ""."""
+def _above_best_fixed(a: Mapping) -> str | None:
+    """"AP +x [lo, hi], at r× its GFLOPs" when an elastic row's paired AP difference to the
+    best single fixed resolution clears the test-image noise, else None."""
     best = a.get("vs_best_fixed")
     d = best and best["ap_minus"]
     if not d or not d.get("interval") or d["interval"][0] <= 0:
-        return ""
+        return None
     ratio = best["gflops_ratio"]
-    return (f"; it also scores above the best single fixed resolution (`{best['run']}`), "
-            f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}, at "
-            f"{seed_mean(ratio, lambda x: num(x, '.2f'))}× its GFLOPs")
+    return (f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}, at "
+            f"{seed_mean(ratio, lambda x: num(x, '.3f'))}× its GFLOPs")
+
+
+def beats_best_fixed(a: Mapping) -> str:
+    """"; it also scores above the best single fixed resolution …" when it does beyond the
+    test-image noise, else ""."""
+    above = _above_best_fixed(a)
+    return (f"; it also scores above the best single fixed resolution "
+            f"(`{a['vs_best_fixed']['run']}`), {above}" if above else "")
+
+
+def variants_above_best_fixed(s: Mapping) -> str | None:
+    """The elastic variants (ablations) that score above the best single fixed resolution
+    beyond the test-image noise, in one sentence; None when none does."""
+    rows = [a for a in s.get("ablations") or [] if a["run"] != "elastic" and _above_best_fixed(a)]
+    if not rows:
+        return None
+    return ("Elastic variants above it beyond the test-image noise: "
+            + "; ".join(f"`{a['run']}` ({a['note']}, {seed_names(a)}) "
+                        f"{_above_best_fixed(a)}" for a in rows) + ".")
 
 
 def ablation_findings(s: Mapping) -> str | None:
@@ -292,8 +310,8 @@ def readme_summary(s: Mapping) -> str:
     resolution, multi-scale's reach, the ablations trained so far and the latency cell."""
     parts = [verdict(s)]
     if s.get("headline") is not None:
-        parts += [elastic_choice(s), best_fixed(s), multiscale_never_reaches(s),
-                  ablation_findings(s)]
+        parts += [elastic_choice(s), best_fixed(s), variants_above_best_fixed(s),
+                  multiscale_never_reaches(s), ablation_findings(s)]
     return " ".join(p for p in parts + [latency_finding(s)] if p)
 
 

@@ -34,7 +34,12 @@ from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells, summarize
-from elastic_lab.bench_text import ablation_findings, latency_finding, multiscale_never_reaches
+from elastic_lab.bench_text import (
+    ablation_findings,
+    latency_finding,
+    multiscale_never_reaches,
+    variants_above_best_fixed,
+)
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
 from elastic_lab.config import smoke_config
@@ -525,7 +530,16 @@ def test_the_ablation_sentence_says_which_differences_clear_the_noise():
     # only the row whose interval against the best fixed resolution clears zero says so
     assert text.count("above the best single fixed resolution") == 1
     assert ("higher beyond the test-image noise; it also scores above the best single fixed "
-            "resolution (`fixed_1.25`), AP +0.030 [+0.010, +0.050], at 0.70× its GFLOPs") in text
+            "resolution (`fixed_1.25`), AP +0.030 [+0.010, +0.050], at 0.700× its GFLOPs") in text
+    # and the best-fixed paragraph names that variant, and only it
+    rows = [row("elastic", 0.34), row("same", 0.345, (0.005, -0.01, 0.02)),
+            row("better", 0.41, (0.07, 0.05, 0.09))]
+    assert variants_above_best_fixed({"ablations": rows}) == (
+        "Elastic variants above it beyond the test-image noise: `better` (what better changes, "
+        "s0) AP +0.030 [+0.010, +0.050], at 0.700× its GFLOPs.")
+    assert variants_above_best_fixed({"ablations": rows[:2]}) is None
+    # elastic itself is the "Elastic minus it" sentence, never a variant
+    assert variants_above_best_fixed({"ablations": [row("elastic", 0.41)]}) is None
 
 
 # the elastic twin repeats seed 0, so the headline's t interval over seeds has sd 0
