@@ -19,6 +19,7 @@ from .bench_summary import ORACLE_COLUMNS, summarize
 from .bench_text import (
     ablation_ap,
     ablation_findings,
+    ap_diff,
     best_fixed,
     ci,
     elastic_choice,
@@ -31,7 +32,6 @@ from .bench_text import (
     pct,
     per_seed,
     saving,
-    seed_mean,
     seed_names,
     variants_above_best_fixed,
     verdict,
@@ -195,15 +195,13 @@ def ablation_lines(s: Mapping) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in s["ablations"]:
         d = a.get("ap_minus_elastic")
-        dap = f"{seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}" if d else "—"
+        dap = ap_diff(d) if d else "—"
         saved = [a.get(f"compute_saved_vs_{b}") for b in ("fixed_front", "multiscale")]
         saved = [saving(x) for x in saved]
         gain = a.get("ap_gain_vs_fixed_front")
-        gain = f"{seed_mean(gain, fmt_dap)} {ci(gain['interval'], fmt_dap)}" if gain else "n/a"
+        gain = ap_diff(gain) if gain else "n/a"
         best = a.get("vs_best_fixed")
-        best = (f"{seed_mean(best['ap_minus'], fmt_dap)} "
-                f"{ci(best['ap_minus']['interval'], fmt_dap)} vs {best['run']}"
-                if best else "n/a")
+        best = f"{ap_diff(best['ap_minus'])} vs {best['run']}" if best else "n/a"
         lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "

@@ -92,19 +92,11 @@ def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
     if not means:
         return None
     best = max(means, key=means.get)
-    diff, ratio = {}, {}
-    for seed, cell in runs.get("elastic", {}).items():
-        if seed in runs[best]:
-            diff[seed] = paired_difference(cell["rows"]["own"], runs[best][seed]["rows"]["own"],
-                                           index)
-            ratio[seed] = paired_difference(cell["rows"]["own"], runs[best][seed]["rows"]["own"],
-                                            index, "gflops_ratio")
+    vs = _paired_against(runs, "elastic", best, list(runs.get("elastic", {})), index)
     return {"run": best, "phi": recipes.RUNS[best].fixed_phi, "mean_ap": float(means[best]),
             "mean_ap_by_run": {r: float(v) for r, v in means.items()},
-            "elastic_ap_minus_best": seed_summary({s: v for s, (v, _) in diff.items()},
-                                                  {s: r for s, (_, r) in diff.items()}),
-            "elastic_gflops_over_best": seed_summary({s: v for s, (v, _) in ratio.items()},
-                                                     {s: r for s, (_, r) in ratio.items()})}
+            "elastic_ap_minus_best": vs["ap_minus"],
+            "elastic_gflops_over_best": vs["gflops_ratio"]}
 
 
 def _fixed_means(runs: Mapping) -> dict[str, float]:
@@ -113,25 +105,31 @@ def _fixed_means(runs: Mapping) -> dict[str, float]:
             for r in FIXED_FRONT if runs.get(r)}
 
 
+def _paired_against(runs: Mapping, run: str, ref: str, seeds: Sequence[int],
+                    index: np.ndarray) -> dict:
+    """``run`` minus ``ref`` at those of ``seeds`` both have: the paired AP difference
+    (``ap_minus``) and the GFLOPs ratio (``gflops_ratio``), seed summaries."""
+    own = {s: (runs[run][s]["rows"]["own"], runs[ref][s]["rows"]["own"])
+           for s in seeds if s in runs[ref]}
+    diff = {s: paired_difference(a, b, index) for s, (a, b) in own.items()}
+    ratio = {s: paired_difference(a, b, index, "gflops_ratio") for s, (a, b) in own.items()}
+    return {"ap_minus": seed_summary({s: v for s, (v, _) in diff.items()},
+                                     {s: r for s, (_, r) in diff.items()}),
+            "gflops_ratio": seed_summary({s: v for s, (v, _) in ratio.items()},
+                                         {s: r for s, (_, r) in ratio.items()})}
+
+
 def _against_best_fixed(runs: Mapping, run: str, seeds: Sequence[int], index: np.ndarray
                         ) -> dict | None:
-    """``run`` against the best single fixed resolution at the seeds both have: the run's
-    name, the paired AP difference and the GFLOPs ratio (seed summaries)."""
+    """``run`` against the best single fixed resolution at the seeds both have: its name,
+    the paired AP difference and the GFLOPs ratio; None when they share no seed."""
     means = _fixed_means(runs)
     if not means:
         return None
     best = max(means, key=means.get)
-    paired = [s for s in seeds if s in runs[best]]
-    if not paired:
+    if not any(s in runs[best] for s in seeds):
         return None
-    own = {s: (runs[run][s]["rows"]["own"], runs[best][s]["rows"]["own"]) for s in paired}
-    diff = {s: paired_difference(a, b, index) for s, (a, b) in own.items()}
-    ratio = {s: paired_difference(a, b, index, "gflops_ratio") for s, (a, b) in own.items()}
-    return {"run": best,
-            "ap_minus": seed_summary({s: v for s, (v, _) in diff.items()},
-                                     {s: r for s, (_, r) in diff.items()}),
-            "gflops_ratio": seed_summary({s: v for s, (v, _) in ratio.items()},
-                                         {s: r for s, (_, r) in ratio.items()})}
+    return {"run": best, **_paired_against(runs, run, best, seeds, index)}
 
 
 def row_stats(rows: Sequence[Mapping]) -> dict:
@@ -227,7 +225,8 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
     """Elastic and every ablation trained: own row (mean over the run's seeds), γ, fidelity,
     AP against elastic (paired, at the seeds both have), compute saved and AP gain at equal
     GFLOPs against both fronts of the same seeds, and AP against the best single fixed
-    resolution with the GFLOPs ratio (``vs_best_fixed``). The ablations run at the first seed; a run trained at more seeds
+    resolution with the GFLOPs ratio (``vs_best_fixed``). The ablations run at the first
+    seed; a run trained at more seeds
     (``elastic-lab bench --cells elastic_no_dist_loss_s1``) is averaged over them, and the
     elastic row covers the seeds of the ablations present."""
     elastic_runs = [r for r, spec in recipes.RUNS.items() if spec.mode == "elastic" and runs.get(r)]

@@ -179,6 +179,12 @@ def seed_mean(x: Mapping, f=pct) -> str:
     return mean_sd(x, f) if len(x.get("seeds") or []) > 1 else f(x["mean"])
 
 
+def ap_diff(x: Mapping) -> str:
+    """An AP difference (a seed summary) as "mean [lo, hi]", with "± sd (n seeds)" over
+    several seeds."""
+    return f"{seed_mean(x, fmt_dap)} {ci(x['interval'], fmt_dap)}"
+
+
 def seed_names(a: Mapping) -> str:
     """An ablation row's seeds: "s0", "s0,1,2"."""
     return "s" + ",".join(str(s) for s in a.get("seeds") or [a["seed"]])
@@ -196,8 +202,7 @@ def against_front(a: Mapping) -> str:
     saved = a.get("compute_saved_vs_fixed_front")
     gain = a.get("ap_gain_vs_fixed_front")
     if saved and _unbounded(saved.get("mean")) and gain and gain.get("mean") is not None:
-        return ("above every point of the fixed front, AP gain at equal GFLOPs "
-                f"{seed_mean(gain, fmt_dap)} {ci(gain['interval'], fmt_dap)}")
+        return f"above every point of the fixed front, AP gain at equal GFLOPs {ap_diff(gain)}"
     return f"compute saved against the fixed front {saving(saved)}"
 
 
@@ -209,8 +214,7 @@ def _above_best_fixed(a: Mapping) -> str | None:
     if not d or not d.get("interval") or d["interval"][0] <= 0:
         return None
     ratio = best["gflops_ratio"]
-    return (f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)}, at "
-            f"{seed_mean(ratio, lambda x: num(x, '.3f'))}× its GFLOPs")
+    return f"AP {ap_diff(d)}, at {seed_mean(ratio, lambda x: num(x, '.3f'))}× its GFLOPs"
 
 
 def beats_best_fixed(a: Mapping) -> str:
@@ -249,8 +253,7 @@ def ablation_findings(s: Mapping) -> str | None:
     def effect(d: Mapping) -> str:
         lo, hi = d["interval"]
         where = ("lower beyond" if hi < 0 else "higher beyond" if lo > 0 else "within")
-        return (f"AP {seed_mean(d, fmt_dap)} {ci(d['interval'], fmt_dap)} against elastic, "
-                f"{where} the test-image noise")
+        return f"AP {ap_diff(d)} against elastic, {where} the test-image noise"
 
     def named(a: Mapping) -> str:
         seeds = a.get("seeds") or [a["seed"]]
