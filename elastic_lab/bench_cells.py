@@ -29,6 +29,9 @@ from .runtime import cpu_model
 CELL_FORMAT = 1
 MAIN_RUNS = ("fixed_1.00", "elastic", "multiscale", "fixed_0.75", "fixed_1.25")
 FIXED_FRONT = ("fixed_0.75", "fixed_1.00", "fixed_1.25")
+# every fixed resolution the recipe names: the front and the studies past it; the best single
+# fixed resolution is sought among all of them that are trained
+FIXED_RUNS = tuple(name for name, spec in recipes.RUNS.items() if spec.mode == "fixed")
 ABLATIONS = tuple(name for name, spec in recipes.RUNS.items() if spec.role == "ablation")
 SEEDS = (0, 1, 2)
 LATENCY = "latency"

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import recipes
 from .ap_subsets import COCO_KEYS
-from .bench_cells import FIXED_FRONT, LATENCY, parse_cell
+from .bench_cells import FIXED_FRONT, FIXED_RUNS, LATENCY, parse_cell
 from .bench_eval import scale_key
 from .bench_latency import summarize_latency
 from .bench_stats import (
@@ -86,8 +86,9 @@ def headline(runs: Mapping, index: np.ndarray, model_run: str = "elastic") -> di
 
 
 def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
-    """The single fixed resolution with the best mean AP, and elastic against it (AP
-    difference and GFLOPs ratio, paired, per seed)."""
+    """The single fixed resolution with the best mean AP over its seeds, among every fixed run
+    trained (the front and the studies past it), and elastic against it (AP difference and
+    GFLOPs ratio, paired, at the seeds both have)."""
     means = _fixed_means(runs)
     if not means:
         return None
@@ -95,14 +96,15 @@ def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
     vs = _paired_against(runs, "elastic", best, list(runs.get("elastic", {})), index)
     return {"run": best, "phi": recipes.RUNS[best].fixed_phi, "mean_ap": float(means[best]),
             "mean_ap_by_run": {r: float(v) for r, v in means.items()},
+            "seeds_by_run": {r: sorted(runs[r]) for r in means},
             "elastic_ap_minus_best": vs["ap_minus"],
             "elastic_gflops_over_best": vs["gflops_ratio"]}
 
 
 def _fixed_means(runs: Mapping) -> dict[str, float]:
-    """Mean AP over seeds of each fixed-resolution run trained."""
+    """Mean AP over its seeds of each fixed-resolution run trained (front and studies)."""
     return {r: float(np.mean([c["rows"]["own"]["AP"] for c in runs[r].values()]))
-            for r in FIXED_FRONT if runs.get(r)}
+            for r in FIXED_RUNS if runs.get(r)}
 
 
 def _paired_against(runs: Mapping, run: str, ref: str, seeds: Sequence[int],

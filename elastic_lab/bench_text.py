@@ -84,14 +84,22 @@ def multiscale_never_reaches(s: Mapping) -> str | None:
 
 
 def best_fixed(s: Mapping) -> str | None:
-    """The best single fixed resolution (highest mean AP of the front) against elastic, in one
-    sentence; None until the front and elastic share a seed."""
+    """The best single fixed resolution (highest mean AP of the fixed runs trained) against
+    elastic, in one sentence; a run trained at fewer seeds than the others says how many.
+    None until a fixed run and elastic share a seed."""
     b = s.get("best_fixed")
     if not b:
         return None
+    seeds = b.get("seeds_by_run", {})
+    most = max((len(v) for v in seeds.values()), default=0)
+
+    def seed_note(run: str) -> str:
+        n = len(seeds.get(run, ()))
+        return f" ({n} seed{'s' if n != 1 else ''})" if 0 < n < most else ""
+
     return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
-            f"{fmt_ap(b['mean_ap'])}; the front: "
-            + ", ".join(f"{r} {fmt_ap(v)}" for r, v in b["mean_ap_by_run"].items())
+            f"{fmt_ap(b['mean_ap'])}; each fixed resolution trained: "
+            + ", ".join(f"{r} {fmt_ap(v)}{seed_note(r)}" for r, v in b["mean_ap_by_run"].items())
             + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], fmt_dap)} "
             f"{ci(b['elastic_ap_minus_best']['interval'], fmt_dap)}, GFLOPs ratio "
             f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "

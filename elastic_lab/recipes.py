@@ -98,12 +98,15 @@ RUNS: dict[str, RunSpec] = {
     "elastic_tau_max_1.25": RunSpec("elastic", tau_max=1.25, role="ablation",
                                     note="tau_max 1.25"),
     "elastic_tau_max_2": RunSpec("elastic", tau_max=2.0, role="ablation", note="tau_max 2"),
-    # follow-ups to the ablation without L_dist, not cells of the benchmark: trained when named
+    # studies, not cells of the benchmark: trained when named
     # (elastic-lab bench --cells elastic_budget_0.9_s0)
     "elastic_budget_0.9": RunSpec("elastic", compute_budget=0.9, role="study",
                                   note="compute budget 0.9 instead of 0.8"),
     "elastic_budget_1.0": RunSpec("elastic", compute_budget=1.0, role="study",
                                   note="compute budget 1.0 instead of 0.8"),
+    # past the fixed front's top: is the best single fixed resolution inside the front?
+    "fixed_1.50": RunSpec("fixed", fixed_phi=1.5, role="study",
+                          note="fixed resolution at phi = 1.5 (above the front)"),
 }
 # the shipped checkpoints: checkpoints/<name>_synth.pt from these runs at seed 0
 SHIPPED = {"fixed": "fixed_1.00", "multiscale": "multiscale", "elastic": "elastic"}

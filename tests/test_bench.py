@@ -20,6 +20,7 @@ from elastic_lab import bench, experiments, recipes
 from elastic_lab.ap_subsets import SubsetAP, bootstrap_indices
 from elastic_lab.bench_cells import (
     FIXED_FRONT,
+    FIXED_RUNS,
     LATENCY,
     MAIN_RUNS,
     Cell,
@@ -36,6 +37,8 @@ from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_
 from elastic_lab.bench_summary import stale_cells, summarize
 from elastic_lab.bench_text import (
     ablation_findings,
+    best_fixed,
+    fmt_ap,
     latency_finding,
     multiscale_never_reaches,
     variants_above_best_fixed,
@@ -90,7 +93,8 @@ def _without(d: dict, *paths: str) -> dict:
 
 def test_runs_differ_only_in_what_they_are_named_after():
     ref = recipes.recipe_config("fixed_1.00").to_dict()
-    for run in FIXED_FRONT:
+    assert set(FIXED_FRONT) < set(FIXED_RUNS)  # the studies past the front are fixed runs too
+    for run in FIXED_RUNS:
         c = recipes.recipe_config(run, out="x")
         assert c.model.fixed_phi == recipes.RUNS[run].fixed_phi
         assert _without(c.to_dict(), "out", "model.fixed_phi") == _without(
@@ -104,11 +108,15 @@ def test_runs_differ_only_in_what_they_are_named_after():
                "elastic_tau_max_1.25": "model.tau_max", "elastic_tau_max_2": "model.tau_max",
                "elastic_budget_0.9": "loss.compute_budget",
                "elastic_budget_1.0": "loss.compute_budget"}
-    assert set(changed) == {r for r, s in recipes.RUNS.items() if s.role in ("ablation", "study")}
+    assert set(changed) == {r for r, s in recipes.RUNS.items()
+                            if s.role in ("ablation", "study") and s.mode == "elastic"}
     assert recipes.recipe_config("elastic_budget_0.9").loss.compute_budget == 0.9
     # studies are trained only when named: not cells of the benchmark, never "missing"
-    assert not any(c.startswith("elastic_budget") for c in all_cells())
+    studies = {r for r, s in recipes.RUNS.items() if s.role == "study"}
+    assert {"elastic_budget_0.9", "fixed_1.50"} <= studies
+    assert not any(parse_cell(c).run in studies for c in all_cells() if c != LATENCY)
     assert parse_cell("elastic_budget_0.9_s1") == Cell("elastic_budget_0.9", 1)
+    assert parse_cell("fixed_1.50_s0") == Cell("fixed_1.50", 0)
     for run, field in changed.items():
         c = recipes.recipe_config(run).to_dict()
         assert _without(c, "out", field) == _without(el, "out", field), run
@@ -586,6 +594,41 @@ def test_an_ablation_trained_at_more_seeds_is_averaged_and_paired_seed_by_seed(s
     text = ablation_findings({"ablations": list(rows.values())})
     assert text.startswith("**Ablations** (the first seed, and the seeds named")
     assert "`elastic_no_scale_loss` (seeds 0, 1)" in text and "± 0.071 (2 seeds)" in text
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
+    out, _ = smoke
+    cells = {n: json.loads(json.dumps(c)) for n, c in read_cells(out / "cells").items()}
+    top = max(FIXED_FRONT, key=lambda r: cells[f"{r}_s0"]["rows"]["own"]["AP"])
+    front = summarize(cells, list(cells))["best_fixed"]
+    assert front["run"] == top and set(front["mean_ap_by_run"]) == set(FIXED_FRONT)
+    # a study past the front, seed 0 only, above every run of the front on every resample
+    study = json.loads(json.dumps(cells[f"{top}_s0"]))
+    study["cell"], study["run"] = "fixed_1.50_s0", "fixed_1.50"
+    own = study["rows"]["own"]
+    own["AP"] += 0.2
+    own["bootstrap_ap"] = [a + 0.2 for a in own["bootstrap_ap"]]
+    cells["fixed_1.50_s0"] = study
+    # and the front at a second seed, so that the study has fewer seeds than the front
+    for r in FIXED_FRONT + ("elastic",):
+        twin = json.loads(json.dumps(cells[f"{r}_s0"]))
+        twin["cell"], twin["seed"] = f"{r}_s1", 1
+        cells[f"{r}_s1"] = twin
+    b = summarize(cells, list(cells))["best_fixed"]
+    assert b["run"] == "fixed_1.50" and b["phi"] == 1.5
+    assert b["mean_ap"] == pytest.approx(own["AP"], abs=1e-9)
+    assert b["seeds_by_run"]["fixed_1.50"] == [0] and b["seeds_by_run"][top] == [0, 1]
+    # elastic against it at the one seed both have
+    d = b["elastic_ap_minus_best"]
+    assert d["seeds"] == [0]
+    assert d["mean"] == pytest.approx(cells["elastic_s0"]["rows"]["own"]["AP"] - own["AP"],
+                                      abs=1e-9)
+    text = best_fixed({"best_fixed": b})
+    assert text.startswith("**Best single fixed resolution**: `fixed_1.50` (φ = 1.5")
+    trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
+    assert trained.count("(1 seed)") == 1 and trained.endswith("fixed_1.50 " + fmt_ap(
+        own["AP"]) + " (1 seed)")  # the front, at more seeds, carries no note
 
 
 def test_the_latency_sentence_sets_time_beside_flops_at_each_size():
