@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from . import viz
-from .bench_cells import FIXED_FRONT
+from .bench_cells import FIXED_FRONT, FIXED_RUNS
 from .bench_stats import interval, row_replicas
 from .bench_summary import ORACLE_COLUMNS, by_run, column
 from .viz._common import color
@@ -45,7 +45,8 @@ def _band(fig: go.Figure, name: str, points: list[tuple[float, float, list]], co
 
 def pareto(cells: Mapping[str, Mapping], index: np.ndarray) -> go.Figure:
     """AP vs GFLOPs (seed means, 95 % bands of the seed mean): the fixed-resolution front, the
-    multi-scale sweep, elastic and its ablations at their predicted φ."""
+    multi-scale sweep, elastic and its ablations at their predicted φ, and the fixed
+    resolutions trained past the front (studies) as single points."""
     runs = by_run(cells)
     fig = go.Figure()
     seeds = sorted(set.intersection(*(set(runs.get(r, {})) for r in FIXED_FRONT)))
@@ -64,7 +65,7 @@ def pareto(cells: Mapping[str, Mapping], index: np.ndarray) -> go.Figure:
             pts.append((g, ap, ci))
         _band(fig, f"multi-scale sweep (seeds {sorted(ms)})", pts, color(1))
     for c, (run, seeds_of) in enumerate(sorted(runs.items())):
-        if not run.startswith("elastic"):
+        if not run.startswith("elastic") and run not in set(FIXED_RUNS) - set(FIXED_FRONT):
             continue
         ap, g, ci = _seed_mean([s["rows"]["own"] for s in seeds_of.values()], index)
         fig.add_trace(go.Scatter(x=[g], y=[ap], mode="markers", name=f"{run} {sorted(seeds_of)}",

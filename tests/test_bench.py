@@ -30,7 +30,7 @@ from elastic_lab.bench_cells import (
     train_cell,
 )
 from elastic_lab.bench_eval import loss_options_of
-from elastic_lab.bench_figures import save_figures
+from elastic_lab.bench_figures import pareto, save_figures
 from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
@@ -624,6 +624,12 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     assert d["seeds"] == [0]
     assert d["mean"] == pytest.approx(cells["elastic_s0"]["rows"]["own"]["AP"] - own["AP"],
                                       abs=1e-9)
+    # and the Pareto figure shows it as a point of its own beside the front's line
+    fig = pareto(cells, replica_index({n: c for n, c in cells.items() if n != LATENCY}))
+    points = [t for t in fig.data if (t.meta or {}).get("kind") == "method"]
+    assert "fixed_1.50" in [t.meta["name"] for t in points]
+    assert [t.y[0] for t in points if t.meta["name"] == "fixed_1.50"] == [
+        pytest.approx(own["AP"])]
     text = best_fixed({"best_fixed": b})
     assert text.startswith("**Best single fixed resolution**: `fixed_1.50` (φ = 1.5")
     trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
