@@ -23,6 +23,7 @@ from .bench_text import (
     best_fixed,
     ci,
     elastic_choice,
+    fewer_seeds,
     fmt_ap,
     fmt_dap,
     latency_at_sizes,
@@ -201,7 +202,8 @@ def ablation_lines(s: Mapping) -> list[str]:
         gain = a.get("ap_gain_vs_fixed_front")
         gain = ap_diff(gain) if gain else "n/a"
         best = a.get("vs_best_fixed")
-        best = f"{ap_diff(best['ap_minus'])} vs {best['run']}" if best else "n/a"
+        best = (f"{ap_diff(best['ap_minus'])} vs {best['run']}"
+                f"{fewer_seeds(best['ap_minus'], a)}" if best else "n/a")
         lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "

@@ -193,6 +193,13 @@ def ap_diff(x: Mapping) -> str:
     return f"{seed_mean(x, fmt_dap)} {ci(x['interval'], fmt_dap)}"
 
 
+def fewer_seeds(x: Mapping, a: Mapping) -> str:
+    """The suffix " (at s0)" when the seed summary ``x`` covers fewer seeds than the row ``a``
+    (a comparison paired at the seeds both runs have), else ""."""
+    seeds = list(x.get("seeds") or [])
+    return f" (at {seed_names({'seeds': seeds})})" if seeds and seeds != list(a["seeds"]) else ""
+
+
 def seed_names(a: Mapping) -> str:
     """An ablation row's seeds: "s0", "s0,1,2"."""
     return "s" + ",".join(str(s) for s in a.get("seeds") or [a["seed"]])

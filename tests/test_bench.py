@@ -32,7 +32,7 @@ from elastic_lab.bench_cells import (
 from elastic_lab.bench_eval import loss_options_of
 from elastic_lab.bench_figures import pareto, save_figures
 from elastic_lab.bench_latency import processing_size, summarize_latency
-from elastic_lab.bench_report import write_report
+from elastic_lab.bench_report import ablation_lines, write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells, summarize
 from elastic_lab.bench_text import (
@@ -610,12 +610,14 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     own["AP"] += 0.2
     own["bootstrap_ap"] = [a + 0.2 for a in own["bootstrap_ap"]]
     cells["fixed_1.50_s0"] = study
-    # and the front at a second seed, so that the study has fewer seeds than the front
-    for r in FIXED_FRONT + ("elastic",):
+    # and the front, elastic and an ablation at a second seed, so that the study has fewer
+    # seeds than they have
+    for r in FIXED_FRONT + ("elastic", "elastic_no_scale_loss"):
         twin = json.loads(json.dumps(cells[f"{r}_s0"]))
         twin["cell"], twin["seed"] = f"{r}_s1", 1
         cells[f"{r}_s1"] = twin
-    b = summarize(cells, list(cells))["best_fixed"]
+    summary = summarize(cells, list(cells))
+    b = summary["best_fixed"]
     assert b["run"] == "fixed_1.50" and b["phi"] == 1.5
     assert b["mean_ap"] == pytest.approx(own["AP"], abs=1e-9)
     assert b["seeds_by_run"]["fixed_1.50"] == [0] and b["seeds_by_run"][top] == [0, 1]
@@ -630,6 +632,9 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     assert "fixed_1.50" in [t.meta["name"] for t in points]
     assert [t.y[0] for t in points if t.meta["name"] == "fixed_1.50"] == [
         pytest.approx(own["AP"])]
+    # the ablation table says at which seeds a run is paired with it
+    table = [line for line in ablation_lines(summary) if line.startswith("| elastic")]
+    assert table and all("vs fixed_1.50 (at s0) |" in line for line in table)
     text = best_fixed({"best_fixed": b})
     assert text.startswith("**Best single fixed resolution**: `fixed_1.50` (φ = 1.5")
     trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
