@@ -64,16 +64,19 @@ def pareto(cells: Mapping[str, Mapping], index: np.ndarray) -> go.Figure:
             ap, g, ci = _seed_mean([c["rows"]["sweep"][k] for c in ms.values()], index)
             pts.append((g, ap, ci))
         _band(fig, f"multi-scale sweep (seeds {sorted(ms)})", pts, color(1))
-    for c, (run, seeds_of) in enumerate(sorted(runs.items())):
-        if not run.startswith("elastic") and run not in set(FIXED_RUNS) - set(FIXED_FRONT):
-            continue
+    studies = set(FIXED_RUNS) - set(FIXED_FRONT)
+    elastic_runs = [r for r in sorted(runs) if r.startswith("elastic")]
+    for run in elastic_runs + sorted(studies & set(runs)):
+        seeds_of = runs[run]
         ap, g, ci = _seed_mean([s["rows"]["own"] for s in seeds_of.values()], index)
+        # a fixed study: the front's colour, a diamond; elastic runs: a colour each
+        marker = ({"size": 10, "color": color(0), "symbol": "diamond"} if run in studies else
+                  {"size": 12 if run == "elastic" else 8,
+                   "color": color(2 + elastic_runs.index(run))})
         fig.add_trace(go.Scatter(x=[g], y=[ap], mode="markers", name=f"{run} {sorted(seeds_of)}",
                                  error_y={"type": "data", "symmetric": False,
                                           "array": [ci[1] - ap], "arrayminus": [ap - ci[0]]},
-                                 marker={"size": 12 if run == "elastic" else 8,
-                                         "color": color(2 + c)},
-                                 meta={"kind": "method", "name": run}))
+                                 marker=marker, meta={"kind": "method", "name": run}))
     fig.update_layout(title="AP vs GFLOPs per image (test split; bands: 95 % interval of the "
                       "seed mean over test images)", template="plotly_white",
                       xaxis_title="GFLOPs / image (predictor included)", yaxis_title="AP")

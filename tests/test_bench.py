@@ -630,8 +630,13 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     fig = pareto(cells, replica_index({n: c for n, c in cells.items() if n != LATENCY}))
     points = [t for t in fig.data if (t.meta or {}).get("kind") == "method"]
     assert "fixed_1.50" in [t.meta["name"] for t in points]
-    assert [t.y[0] for t in points if t.meta["name"] == "fixed_1.50"] == [
-        pytest.approx(own["AP"])]
+    study_point = [t for t in points if t.meta["name"] == "fixed_1.50"]
+    assert [t.y[0] for t in study_point] == [pytest.approx(own["AP"])]
+    front_line = next(t for t in fig.data if (t.meta or {}).get("kind") == "front"
+                      and t.meta["name"].startswith("fixed front"))
+    assert study_point[0].marker.color == front_line.line.color  # read as a fixed detector
+    assert study_point[0].marker.color not in [t.marker.color for t in points
+                                               if t.meta["name"] != "fixed_1.50"]
     # the ablation table says at which seeds a run is paired with it
     table = [line for line in ablation_lines(summary) if line.startswith("| elastic")]
     assert table and all("vs fixed_1.50 (at s0) |" in line for line in table)
