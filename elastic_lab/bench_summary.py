@@ -92,7 +92,7 @@ def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
     means = _fixed_means(runs)
     if not means:
         return None
-    best = max(means, key=means.get)
+    best = _best_of(means)
     vs = _paired_against(runs, "elastic", best, list(runs.get("elastic", {})), index)
     return {"run": best, "phi": recipes.RUNS[best].fixed_phi, "mean_ap": float(means[best]),
             "mean_ap_by_run": {r: float(v) for r, v in means.items()},
@@ -105,6 +105,11 @@ def _fixed_means(runs: Mapping) -> dict[str, float]:
     """Mean AP over its seeds of each fixed-resolution run trained (front and studies)."""
     return {r: float(np.mean([c["rows"]["own"]["AP"] for c in runs[r].values()]))
             for r in FIXED_RUNS if runs.get(r)}
+
+
+def _best_of(means: Mapping[str, float]) -> str | None:
+    """The fixed run with the highest mean AP (None when none is trained)."""
+    return max(means, key=means.get) if means else None
 
 
 def _paired_against(runs: Mapping, run: str, ref: str, seeds: Sequence[int],
@@ -121,15 +126,11 @@ def _paired_against(runs: Mapping, run: str, ref: str, seeds: Sequence[int],
                                          {s: r for s, (_, r) in ratio.items()})}
 
 
-def _against_best_fixed(runs: Mapping, run: str, seeds: Sequence[int], index: np.ndarray
-                        ) -> dict | None:
-    """``run`` against the best single fixed resolution at the seeds both have: its name,
-    the paired AP difference and the GFLOPs ratio; None when they share no seed."""
-    means = _fixed_means(runs)
-    if not means:
-        return None
-    best = max(means, key=means.get)
-    if not any(s in runs[best] for s in seeds):
+def _against_best_fixed(runs: Mapping, run: str, best: str | None, seeds: Sequence[int],
+                        index: np.ndarray) -> dict | None:
+    """``run`` against the best single fixed resolution ``best`` at the seeds both have: its
+    name, the paired AP difference and the GFLOPs ratio; None when they share no seed."""
+    if best is None or not any(s in runs[best] for s in seeds):
         return None
     return {"run": best, **_paired_against(runs, run, best, seeds, index)}
 
@@ -233,6 +234,7 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
     elastic row covers the seeds of the ablations present."""
     elastic_runs = [r for r, spec in recipes.RUNS.items() if spec.mode == "elastic" and runs.get(r)]
     ablation_seeds = sorted({s for r in elastic_runs if r != "elastic" for s in runs[r]})
+    best = _best_of(_fixed_means(runs))
     out = []
     for run in elastic_runs:
         seeds = sorted(runs[run])
@@ -264,7 +266,7 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
                     entry[f"{key}_vs_{base}"] = seed_summary(
                         {s: c[key] for s, c in found.items()},
                         {s: c["replicas"][key] for s, c in found.items()})
-        entry["vs_best_fixed"] = _against_best_fixed(runs, run, seeds, index)
+        entry["vs_best_fixed"] = _against_best_fixed(runs, run, best, seeds, index)
         out.append(entry)
     return out
 
