@@ -13,7 +13,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +175,17 @@ def training_summary(ckpt: Path, config: TrainConfig) -> dict:
             "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
             "logged_images_per_s_median": round(rates[len(rates) // 2], 2) if rates else None,
             "warm_start_steps": config.train.pretrain_steps}
+
+
+def training_time_complete(training: Mapping | None) -> bool | None:
+    """Whether a cell's recorded training seconds can cover its steps: the run's mean rate
+    (warm start included) cannot beat the median rate of its own logged intervals (detector
+    training alone) by half again. A cell trained before the checkpoints counted the seconds of
+    every session could miss a session killed without warning. None: nothing to check."""
+    if not training or not training.get("images_per_s") or \
+            not training.get("logged_images_per_s_median"):
+        return None
+    return training["images_per_s"] <= 1.5 * training["logged_images_per_s_median"]
 
 
 def machine(device: torch.device, amp: bool) -> dict:

@@ -291,12 +291,23 @@ def cell_lines(s: Mapping, expected: Sequence[str]) -> list[str]:
     if s["cells"]:
         lines += ["", "| cell | device | training min | steps | images/s | eval min |",
                   "|---|---|---|---|---|---|"]
+    incomplete = []
     for name, c in s["cells"].items():
         t = c.get("training") or {}
+        minutes, rate = num(t.get("seconds", 0) / 60 if t else None, ".1f"), \
+            num(t.get("images_per_s"), ".1f")
+        if c.get("training_time_complete") is False:
+            incomplete.append(f"`{name}` ({minutes} min recorded, {rate} images/s against "
+                              f"{num(t['logged_images_per_s_median'], '.1f')} in its own "
+                              "logged intervals)")
+            minutes, rate = "n/a †", "n/a †"
         lines.append(f"| {name} | {c['machine']['device_name'] if c.get('machine') else '?'} | "
-                     f"{num(t.get('seconds', 0) / 60 if t else None, '.1f')} | "
-                     f"{t.get('steps', '—')} | {num(t.get('images_per_s'), '.1f')} | "
+                     f"{minutes} | {t.get('steps', '—')} | {rate} | "
                      f"{num((c.get('evaluation_seconds') or 0) / 60, '.1f')} |")
+    if incomplete:
+        lines += ["", "† The recorded training time misses a session that was killed before it "
+                  "could count itself (cells trained before every checkpoint carried the run's "
+                  "seconds): " + "; ".join(incomplete) + ". Its steps and results are complete."]
     if s.get("stale"):
         lines += ["", "**Trained with another recipe than today's `recipes.py`** (delete their "
                   "files to retrain them): " + ", ".join(f"`{m}`" for m in s["stale"]) + "."]

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import recipes
 from .ap_subsets import COCO_KEYS
-from .bench_cells import FIXED_FRONT, FIXED_RUNS, LATENCY, parse_cell
+from .bench_cells import FIXED_FRONT, FIXED_RUNS, LATENCY, parse_cell, training_time_complete
 from .bench_eval import scale_key
 from .bench_latency import summarize_latency
 from .bench_stats import (
@@ -343,6 +343,7 @@ def summarize(cells: Mapping[str, Mapping], expected: Sequence[str]) -> dict:
     index = replica_index({n: c for n, c in cells.items() if n != LATENCY})
     missing = [n for n in expected if n not in cells]
     out = {"cells": {n: {"machine": c.get("machine"), "training": c.get("training"),
+                         "training_time_complete": training_time_complete(c.get("training")),
                          "evaluation_seconds": c.get("evaluation_seconds")}
                      for n, c in cells.items()},
            "missing": missing, "stale": stale_cells(cells), "latency": latency}

@@ -28,7 +28,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -53,9 +53,12 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainState:
-    """Where a run stands. ``epoch``, ``next_pool``, ``step`` and ``pending_plan`` go into every
-    checkpoint; ``total_steps`` (where the run stops), ``bad_steps`` (consecutive non-finite
-    losses) and ``done`` live only as long as the process."""
+    """Where a run stands. ``epoch``, ``next_pool``, ``step``, ``pending_plan`` and the wall
+    seconds spent on the run so far (:meth:`elapsed`) go into every checkpoint; ``total_steps``
+    (where the run stops), ``bad_steps`` (consecutive non-finite losses) and ``done`` live only
+    as long as the process. ``seconds`` counts the earlier sessions of a resumed run, so a
+    session killed without warning loses only the time since its last checkpoint, which its
+    resumption trains again and counts."""
 
     epoch: int = 0
     next_pool: int = 0                 # first pool of ``epoch`` not trained yet
@@ -64,15 +67,22 @@ class TrainState:
     total_steps: int = 0
     bad_steps: int = 0
     done: bool = False
+    seconds: float = 0.0               # wall seconds of the run's earlier sessions
+    started: float = field(default_factory=time.perf_counter)  # this session's start
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far: the earlier sessions and this one."""
+        return self.seconds + time.perf_counter() - self.started
 
     def to_checkpoint(self) -> dict:
-        """The checkpoint entries: epoch, next_pool, step, pending_plan (plain lists)."""
+        """The checkpoint entries: epoch, next_pool, step, pending_plan (plain lists), seconds
+        (:meth:`elapsed`)."""
         pending = None
         if self.pending_plan:
             pending = [[pos, phi.tolist() if phi is not None else None]
                        for pos, phi in self.pending_plan]
         return {"epoch": self.epoch, "next_pool": self.next_pool, "step": self.step,
-                "pending_plan": pending}
+                "pending_plan": pending, "seconds": round(self.elapsed(), 3)}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, total_steps: int) -> TrainState:
@@ -82,7 +92,7 @@ class TrainState:
                        for pos, phi in ckpt["pending_plan"]]
         return cls(epoch=ckpt["epoch"], next_pool=ckpt["next_pool"], step=ckpt["step"],
                    pending_plan=pending, total_steps=total_steps,
-                   done=ckpt["step"] >= total_steps)
+                   done=ckpt["step"] >= total_steps, seconds=float(ckpt.get("seconds", 0.0)))
 
 
 @dataclass

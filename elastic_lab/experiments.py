@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, smoke_config
 from .data.coco import load_coco, read_annotation_json
 from .data.synth import generate_split
@@ -162,8 +162,8 @@ def train_run(config: TrainConfig, reuse: bool = True) -> Path:
     resumed (``resume=True``: it ends as the uninterrupted run would); otherwise the folder is
     cleared first (metrics.jsonl is appended to, never mixed). A non-empty folder that is not
     a run folder raises ValueError. The stamp (``experiment_run.json``, written when training
-    starts) records the training seconds, summed over the sessions of a resumed run
-    (:func:`trained_seconds`).
+    starts) records, once the run is finished, its training seconds summed over the sessions of
+    a resumed run, as the checkpoint counts them (:func:`trained_seconds`).
     """
     # absolute paths: the same run is recognised from the project root (make bench) and from
     # notebooks/ (the notebooks' working folder)
@@ -177,23 +177,19 @@ def train_run(config: TrainConfig, reuse: bool = True) -> Path:
     if reuse and same and ckpt.is_file() and "seconds" in done:
         return ckpt
     resume = reuse and same and ckpt.is_file()
-    previous = float(done.get("partial_seconds", 0.0)) if resume else 0.0
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         if not ((out_dir / "options.json").is_file() or stamp.is_file()):
             raise ValueError(f"{out_dir}: exists and is not a training run folder; refusing to "
                              "clear it (choose another folder)")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({**wanted, "partial_seconds": previous}))
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("once", category=UserWarning)
-            path = train(replace(config, resume=resume))
-    finally:  # an interrupted session still counts towards the run's training time
-        elapsed = previous + time.perf_counter() - start
-        stamp.write_text(json.dumps({**wanted, "partial_seconds": elapsed}))
-    stamp.write_text(json.dumps({**wanted, "seconds": elapsed}))
+    stamp.write_text(json.dumps(wanted))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("once", category=UserWarning)
+        path = train(replace(config, resume=resume))
+    # the checkpoint counts the seconds of every session, a killed one's up to its last save
+    seconds = float(load_checkpoint(path).get("seconds", 0.0))
+    stamp.write_text(json.dumps({**wanted, "seconds": seconds}))
     return path
 
 

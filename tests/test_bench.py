@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -28,11 +29,12 @@ from elastic_lab.bench_cells import (
     parse_cell,
     read_cells,
     train_cell,
+    training_time_complete,
 )
 from elastic_lab.bench_eval import loss_options_of
 from elastic_lab.bench_figures import pareto, save_figures
 from elastic_lab.bench_latency import processing_size, summarize_latency
-from elastic_lab.bench_report import ablation_lines, write_report
+from elastic_lab.bench_report import ablation_lines, cell_lines, write_report
 from elastic_lab.bench_stats import compare_rows, interval, replica_index, seed_summary
 from elastic_lab.bench_summary import stale_cells, summarize
 from elastic_lab.bench_text import (
@@ -406,18 +408,20 @@ def test_a_stopped_cell_run_resumes_instead_of_restarting(tmp_path, synth_dir, m
     real_save = train_module.save_run_checkpoint
 
     def save_then_stop(path, state, **kw):
+        if state.step == 2:
+            time.sleep(0.3)  # time this session spends before its last checkpoint
         real_save(path, state, **kw)
         if state.step == 2:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # or killed: nothing after the checkpoint is recorded
 
     with monkeypatch.context() as m:
         m.setattr(train_module, "save_run_checkpoint", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             train_cell(config)
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    assert load_checkpoint(ckpt)["step"] == 2
-    partial = json.loads((tmp_path / "run" / experiments.RUN_STAMP).read_text())
-    assert "seconds" not in partial and partial["partial_seconds"] > 0
+    killed = load_checkpoint(ckpt)
+    assert killed["step"] == 2 and killed["seconds"] >= 0.3
+    assert "seconds" not in json.loads((tmp_path / "run" / experiments.RUN_STAMP).read_text())
     resumed = []
     real_train = experiments.train
     monkeypatch.setattr(experiments, "train", lambda c: resumed.append(c.resume) or real_train(c))
@@ -426,9 +430,26 @@ def test_a_stopped_cell_run_resumes_instead_of_restarting(tmp_path, synth_dir, m
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
             .splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert trained_seconds(ckpt) >= partial["partial_seconds"]
+    assert trained_seconds(ckpt) >= killed["seconds"] >= 0.3  # the first session counts
     train_cell(config)  # finished: reused, not trained again
     assert resumed == [True]
+
+
+def test_a_recorded_training_time_that_cannot_cover_its_steps_is_not_reported_as_one():
+    """A cell whose mean rate beats its own logged intervals lost a killed session's seconds:
+    the cells table says n/a with the reason instead of an impossible speed."""
+    ok = {"steps": 10, "seconds": 100.0, "images_per_s": 0.8, "logged_images_per_s_median": 1.0}
+    lost = {**ok, "seconds": 5.0, "images_per_s": 16.0}
+    assert training_time_complete(ok) is True and training_time_complete(lost) is False
+    assert training_time_complete(None) is None
+    summary = {"cells": {n: {"machine": None, "training": t, "evaluation_seconds": 60.0,
+                             "training_time_complete": training_time_complete(t)}
+                         for n, t in (("fixed_1.00_s0", ok), ("fixed_1.00_s1", lost))},
+               "missing": [], "stale": []}
+    text = "\n".join(cell_lines(summary, ["fixed_1.00_s0", "fixed_1.00_s1"]))
+    assert "| fixed_1.00_s0 | ? | 1.7 | 10 | 0.8 | 1.0 |" in text
+    assert "| fixed_1.00_s1 | ? | n/a † | 10 | n/a † | 1.0 |" in text
+    assert "`fixed_1.00_s1` (0.1 min recorded, 16.0 images/s against 1.0 in its own" in text
 
 
 # ----------------------------------------------------------------------------- empty / stale

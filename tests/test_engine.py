@@ -111,11 +111,14 @@ def test_exploration_noise_perturbs_u_with_the_steps_generator():
 def test_train_state_round_trips_through_a_checkpoint_dict():
     state = TrainState(epoch=2, next_pool=5, step=40, total_steps=100,
                        pending_plan=[([3, 1], torch.tensor([1.25, 0.75])), ([0, 2], None)])
+    state.started -= 2.0  # this session has run for 2 s
     saved = state.to_checkpoint()
+    assert 2.0 <= saved.pop("seconds") < 60.0
     assert saved == {"epoch": 2, "next_pool": 5, "step": 40,
                      "pending_plan": [[[3, 1], [1.25, 0.75]], [[0, 2], None]]}
-    back = TrainState.from_checkpoint(saved, total_steps=100)
+    back = TrainState.from_checkpoint({**saved, "seconds": 30.0}, total_steps=100)
     assert (back.epoch, back.next_pool, back.step, back.done) == (2, 5, 40, False)
+    assert 30.0 <= back.elapsed() < 40.0  # a resumed run counts its earlier sessions
     assert back.pending_plan[0][0] == [3, 1] and back.pending_plan[1][1] is None
     assert torch.equal(back.pending_plan[0][1], torch.tensor([1.25, 0.75]))
     assert TrainState.from_checkpoint(saved, total_steps=40).done
