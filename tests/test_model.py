@@ -80,6 +80,19 @@ def test_postprocess_maps_normalised_boxes_to_original_pixels():
     assert torch.allclose(det["boxes"][order], boxes_px, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["fixed", "elastic"])
+def test_detection_keeps_to_the_models_device(mode):
+    """The meta device stands in for a GPU (no data, but every op checks its devices): a model
+    and images there, φ on the CPU as callers pass it, give detections on the model's device.
+    A size or box tensor left on the CPU inside detect() fails here as it would on CUDA."""
+    model = build_model(ModelOptions(mode=mode, base_size=64, thumb_size=32, detr=TINY), 6)
+    model = model.eval().to("meta")
+    images = [torch.empty(3, 60, 80, device="meta"), torch.empty(3, 70, 50, device="meta")]
+    dets, out = model.detect(images, torch.tensor([1.0, 0.75]))
+    assert [d["boxes"].device.type for d in dets] == ["meta", "meta"]
+    assert out["pred_boxes"].device.type == "meta" and out["phi"].device.type == "cpu"
+
+
 def test_processed_size_is_phi_relative_and_stride_rounded():
     assert processed_size(480, 640, 1.0, 256, None, 32) == (256, 352)  # 341.3 -> 352
     for phi in (0.5, 0.75, 1.0, 1.5):

@@ -134,7 +134,8 @@ def postprocess(outputs: dict, orig_sizes: Tensor, top_k: int = 100) -> list[dic
     labels = idx % C
     picked = torch.gather(boxes.float(), 1, (idx // C)[..., None].repeat(1, 1, 4))
     xyxy = box_convert(picked, "cxcywh", "xyxy")
-    h, w = orig_sizes[:, 0].float(), orig_sizes[:, 1].float()
+    scale = orig_sizes.to(boxes.device).float()  # the sizes may be on the CPU, the model not
+    h, w = scale[:, 0], scale[:, 1]
     xyxy = xyxy * torch.stack([w, h, w, h], dim=1)[:, None, :]
     results = []
     for s, lab, b, (hi, wi) in zip(scores, labels, xyxy, orig_sizes.tolist()):
