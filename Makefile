@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synth
 
-.PHONY: demo test install predict-demo readme-figure bench bench-speed lab notebook-times checkpoints train-20min data lint clean
+.PHONY: demo test install predict-demo readme-figure bench bench-speed gpu-wheels lab notebook-times checkpoints train-20min data lint clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -51,6 +51,12 @@ train-20min: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/elastic-lab bench --data $(DATA) --out benchmarks $(BENCH_ARGS)
+
+# the packages a lent GPU machine lacks (scripts/gpu_cells.sh), as wheels for its Python 3.12
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl pycocotools plotly
 
 bench-speed: $(STAMP)
 	$(BIN)/python scripts/benchmark_speed.py --freeze-stem

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -54,6 +58,8 @@ from elastic_lab.models.build import build_model, load_model
 from elastic_lab.oracles import ap_optimal, detect_at, loss_optimal
 from elastic_lab.runtime import split_paths
 from elastic_lab.train import add_arguments, config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -235,6 +241,27 @@ def test_smoke_bench_writes_one_small_file_per_cell(smoke):
                                                   abs=1e-3)
             assert len(cell["elastic"]["phi_vs_size"]["phi"]) == opts.eval_images
             assert 0 < cell["elastic"]["predictor_share"] < 1
+
+
+def test_the_gpu_script_writes_each_finished_cell_where_the_device_tool_returns_it(tmp_path):
+    """scripts/gpu_cells.sh, run here on the CPU with the smoke recipe: the machine line, the
+    CUDA tests' exit status, each cell's status and its file copied to $OUT (the folder the
+    device tool brings back), the same as the benchmark folder's."""
+    out, bench_out = tmp_path / "out", tmp_path / "bench"
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BENCH_OUT": str(bench_out),
+           "BENCH_ARGS": "--smoke --seeds 0", "WHEELS": str(tmp_path / "no_wheels"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/gpu_cells.sh", "fixed_1.00_s0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = (out / "gpu.txt").read_text().splitlines()
+    assert lines[0].startswith(torch.__version__)
+    assert "tests/test_cuda.py: exit 0" in lines and "fixed_1.00_s0: exit 0" in lines
+    cell = json.loads((out / "fixed_1.00_s0.json").read_text())
+    assert cell == json.loads((bench_out / "cells" / "fixed_1.00_s0.json").read_text())
+    assert cell["machine"]["device"] == "cpu" and cell["machine"]["amp"] is True
+    if not torch.cuda.is_available():
+        assert "skipped" in (out / "test_cuda.log").read_text()
 
 
 def _smoke_model(out, opts, cell):

@@ -207,3 +207,9 @@ def test_method_states_what_the_distribution_target_does():
     assert 0.4 < paper["vs_best_fixed"]["gflops_ratio"]["mean"] < 0.6
     # without L_dist: between the two in AP as in GFLOPs
     assert budget["AP"] < free["AP"] < paper["AP"]
+
+
+def test_the_readme_says_whether_gpu_cells_exist():
+    """The README's sentence about GPU cells matches benchmarks/gpu/cells/."""
+    gpu_cells = sorted((ROOT / "benchmarks" / "gpu" / "cells").glob("*.json"))
+    assert ("No GPU cell has been trained yet" in " ".join(README.split())) == (not gpu_cells)
