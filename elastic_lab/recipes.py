@@ -107,6 +107,8 @@ RUNS: dict[str, RunSpec] = {
     # past the fixed front's top: is the best single fixed resolution inside the front?
     "fixed_1.50": RunSpec("fixed", fixed_phi=1.5, role="study",
                           note="fixed resolution at phi = 1.5 (above the front)"),
+    "fixed_1.75": RunSpec("fixed", fixed_phi=1.75, role="study",
+                          note="fixed resolution at phi = 1.75 (past the sweep's top)"),
 }
 # the shipped checkpoints: checkpoints/<name>_synth.pt from these runs at seed 0
 SHIPPED = {"fixed": "fixed_1.00", "multiscale": "multiscale", "elastic": "elastic"}
