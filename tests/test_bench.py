@@ -44,7 +44,9 @@ from elastic_lab.bench_summary import stale_cells, summarize
 from elastic_lab.bench_text import (
     ablation_findings,
     best_fixed,
+    ci,
     fmt_ap,
+    fmt_dap,
     latency_finding,
     multiscale_never_reaches,
     variants_above_best_fixed,
@@ -693,6 +695,16 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
     assert trained.count("(1 seed)") == 1 and trained.endswith("fixed_1.50 " + fmt_ap(
         own["AP"]) + " (1 seed)")  # the front, at more seeds, carries no note
+    assert "over seeds" not in text  # one paired seed: no interval over training runs
+    # paired at several seeds: the Student-t interval over them follows the image interval
+    spread = {**d, "seeds": [0, 1], "sd": 0.01, "seed_interval": [-0.2, 0.05]}
+    text = best_fixed({"best_fixed": {**b, "elastic_ap_minus_best": spread}})
+    assert f"{ci(spread['interval'], fmt_dap)} (over seeds [-0.200, +0.050])" in text
+    row = next(a for a in summary["ablations"] if a["run"] == "elastic")
+    row = {**row, "vs_best_fixed": {**row["vs_best_fixed"], "ap_minus": spread}}
+    (line,) = [x for x in ablation_lines({**summary, "ablations": [row]})
+               if x.startswith("| elastic")]
+    assert "(over seeds [-0.200, +0.050]) vs fixed_1.50" in line
 
 
 def test_the_latency_sentence_sets_time_beside_flops_at_each_size():

@@ -95,7 +95,9 @@ def test_readme_states_the_benchmark_results_of_the_committed_cells():
     for row in (rows["elastic"], paper):
         assert row["ap_gain_vs_fixed_front"]["interval"][0] > 0
     above_fixed_125(results, paper)
-    assert "(`fixed_1.50`, one seed so far)" in README
+    assert "(`fixed_1.50`, three seeds)" in README
+    assert ("For the paper's target the AP shortfall is beyond the test-image noise but not "
+            "beyond the spread over training runs") in README
     assert "whose AP still rises with φ" in README
     below_the_largest_fixed(results, rows)
     assert 0.4 < paper["vs_best_fixed"]["gflops_ratio"]["mean"] < 0.6  # "about twice"
@@ -160,10 +162,12 @@ def above_fixed_125(results: dict, paper: dict) -> None:
 
 
 def below_the_largest_fixed(results: dict, rows: dict) -> None:
-    """The best single fixed resolution is fixed_1.50 (one seed so far), its AP rises with φ
-    over every fixed run trained, and every elastic run lies below it beyond the image noise."""
+    """The best single fixed resolution is fixed_1.50 (three seeds), its AP rises with φ over
+    every fixed run trained, and every elastic run lies below it beyond the image noise; the
+    paper's target not beyond the spread over seeds (its Student-t interval includes zero, and
+    one seed is within the image noise), the recipe's elastic run beyond it too."""
     best = results["best_fixed"]
-    assert best["run"] == "fixed_1.50" and best["seeds_by_run"]["fixed_1.50"] == [0]
+    assert best["run"] == "fixed_1.50" and best["seeds_by_run"]["fixed_1.50"] == [0, 1, 2]
     by_phi = sorted(best["mean_ap_by_run"], key=lambda r: recipes.RUNS[r].fixed_phi)
     assert by_phi[-1] == "fixed_1.50"
     aps = [best["mean_ap_by_run"][r] for r in by_phi]
@@ -171,6 +175,11 @@ def below_the_largest_fixed(results: dict, rows: dict) -> None:
     for run, row in rows.items():
         assert row["vs_best_fixed"]["run"] == "fixed_1.50", run
         assert row["vs_best_fixed"]["ap_minus"]["interval"][1] < 0, run
+    paper = rows["elastic_paper_dist"]["vs_best_fixed"]["ap_minus"]
+    lo, hi = paper["seed_interval"]
+    assert lo < 0 < hi and paper["seeds"] == [0, 1, 2]
+    assert any(s["interval"][1] > 0 for s in paper["per_seed"].values())
+    assert rows["elastic"]["vs_best_fixed"]["ap_minus"]["seed_interval"][1] < 0
 
 
 def test_method_states_what_the_distribution_target_does():
@@ -185,6 +194,9 @@ def test_method_states_what_the_distribution_target_does():
         "None of them reaches the AP of the fixed detector at φ = 1.5",
         ("the paper's target scores below it beyond the test-image noise at about half its "
          "GFLOPs, and the fixed detectors' AP still rises with φ at 1.5"),
+        ("That shortfall of the paper's target is not beyond the spread over training runs "
+         "(the Student-t interval over its three paired seeds includes zero, and one seed alone "
+         "is within the test-image noise); the recipe's elastic run lies below beyond both"),
         "above the front at every budget measured"]
     for claim in claims:
         assert claim in method
