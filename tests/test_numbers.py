@@ -196,7 +196,8 @@ def test_method_states_what_the_distribution_target_does():
          "GFLOPs, and the fixed detectors' AP still rises with φ at 1.5"),
         ("That shortfall of the paper's target is not beyond the spread over training runs "
          "(the Student-t interval over its three paired seeds includes zero, and one seed alone "
-         "is within the test-image noise); the recipe's elastic run lies below beyond both"),
+         "is within the test-image noise); the recipe's elastic run lies below it beyond "
+         "both"),
         "above the front at every budget measured"]
     for claim in claims:
         assert claim in method
