@@ -20,7 +20,6 @@ from .bench_text import (
     ablation_ap,
     ablation_findings,
     ap_diff,
-    ap_diff_over_seeds,
     best_fixed,
     ci,
     elastic_choice,
@@ -31,6 +30,7 @@ from .bench_text import (
     mean_sd,
     multiscale_never_reaches,
     num,
+    over_seeds,
     pct,
     per_seed,
     saving,
@@ -203,7 +203,7 @@ def ablation_lines(s: Mapping) -> list[str]:
         gain = a.get("ap_gain_vs_fixed_front")
         gain = ap_diff(gain) if gain else "n/a"
         best = a.get("vs_best_fixed")
-        best = (f"{ap_diff_over_seeds(best['ap_minus'])} vs {best['run']}"
+        best = (f"{ap_diff(best['ap_minus'])}{over_seeds(best['ap_minus'])} vs {best['run']}"
                 f"{fewer_seeds(best['ap_minus'], a)}" if best else "n/a")
         lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "

@@ -100,8 +100,9 @@ def best_fixed(s: Mapping) -> str | None:
     return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
             f"{fmt_ap(b['mean_ap'])}; each fixed resolution trained: "
             + ", ".join(f"{r} {fmt_ap(v)}{seed_note(r)}" for r, v in b["mean_ap_by_run"].items())
-            + f"). Elastic minus it: AP {ap_diff_over_seeds(b['elastic_ap_minus_best'])}, "
-            f"GFLOPs ratio "
+            + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], fmt_dap)} "
+            f"{ci(b['elastic_ap_minus_best']['interval'], fmt_dap)}"
+            f"{over_seeds(b['elastic_ap_minus_best'])}, GFLOPs ratio "
             f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
             f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}.")
 
@@ -193,11 +194,11 @@ def ap_diff(x: Mapping) -> str:
     return f"{seed_mean(x, fmt_dap)} {ci(x['interval'], fmt_dap)}"
 
 
-def ap_diff_over_seeds(x: Mapping) -> str:
-    """:func:`ap_diff`, followed by " (over seeds [lo, hi])" (the Student-t interval of the
-    mean with the training runs as the sample) when ``x`` has one."""
+def over_seeds(x: Mapping) -> str:
+    """" (over seeds [lo, hi])": the Student-t interval of an AP difference's seed mean, with
+    the training runs as the sample, when ``x`` has one; else ""."""
     over = x.get("seed_interval")
-    return ap_diff(x) + (f" (over seeds {ci(over, fmt_dap)})" if over else "")
+    return f" (over seeds {ci(over, fmt_dap)})" if over else ""
 
 
 def fewer_seeds(x: Mapping, a: Mapping) -> str:
