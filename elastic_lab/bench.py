@@ -4,12 +4,15 @@ single resolution, beyond the noise? (issue 16)
 The benchmark is a set of *cells*, each one named run of the recipe (``elastic_lab/recipes.py``)
 at one seed, trained with the same data, detector and budget (bench_cells.py):
 
-- ``fixed_0.75``, ``fixed_1.00``, ``fixed_1.25``: fixed-resolution detectors, each trained and
-  tested at its φ (together: the fixed-resolution front); ``multiscale`` (the paper's
-  baseline, tested at every φ of the sweep 0.5, 0.625, …, 1.5); ``elastic`` (its predicted
-  φ): seeds 0, 1, 2;
-- the ablations at seed 0: ``elastic_no_scale_loss``, ``elastic_no_dist_loss``,
-  ``elastic_paper_dist``, ``elastic_tau_max_1.25``, ``elastic_tau_max_2``;
+- ``fixed_0.75``, ``fixed_1.00``, ``fixed_1.25``, ``fixed_1.50``: fixed-resolution detectors,
+  each trained and tested at its φ (together: the fixed-resolution front, up to the sweep's
+  top); ``multiscale`` (the paper's baseline, tested at every φ of the sweep 0.5, 0.625, …,
+  1.5); ``elastic`` (its predicted φ): seeds 0, 1, 2;
+- the ablations at seed 0 (more seeds when named): ``elastic_no_scale_loss``,
+  ``elastic_no_dist_loss``, ``elastic_paper_dist``, ``elastic_tau_max_1.25``,
+  ``elastic_tau_max_2``;
+- studies, trained only when named (``--cells fixed_1.75_s0``): ``fixed_1.75`` (past the
+  sweep's top), ``elastic_budget_0.9``, ``elastic_budget_1.0``;
 - ``latency``: elastic against fixed_1.00 (seed 0), paired in one process (bench_latency.py),
   at the size they were trained at and, time only, at larger processing sizes.
 

@@ -27,8 +27,10 @@ from .experiments import train_run, trained_seconds
 from .runtime import cpu_model
 
 CELL_FORMAT = 1
-MAIN_RUNS = ("fixed_1.00", "elastic", "multiscale", "fixed_0.75", "fixed_1.25")
-FIXED_FRONT = ("fixed_0.75", "fixed_1.00", "fixed_1.25")
+MAIN_RUNS = ("fixed_1.00", "elastic", "multiscale", "fixed_0.75", "fixed_1.25", "fixed_1.50")
+# the fixed-resolution front: the main fixed runs, φ = 0.75 … 1.5 (the multi-scale sweep's top)
+FIXED_FRONT = tuple(sorted((r for r in MAIN_RUNS if recipes.RUNS[r].mode == "fixed"),
+                           key=lambda r: recipes.RUNS[r].fixed_phi))
 # every fixed resolution the recipe names: the front and the studies past it; the best single
 # fixed resolution is sought among all of them that are trained
 FIXED_RUNS = tuple(name for name, spec in recipes.RUNS.items() if spec.mode == "fixed")

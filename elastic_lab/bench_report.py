@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import recipes
 from .ap_subsets import COCO_KEYS
-from .bench_cells import read_cells
+from .bench_cells import FIXED_FRONT, read_cells
 from .bench_figures import COLUMN_LABELS, figures, save_figures
 from .bench_stats import replica_index
 from .bench_summary import ORACLE_COLUMNS, summarize
@@ -92,7 +92,8 @@ def headline_lines(s: Mapping) -> list[str]:
              "AP gain at equal GFLOPs | 95 % interval | over seeds | per seed |"),
              "|---|---|---|---|---|---|---|---|---|"]
     points = s.get("num_scales", "?")
-    names = {"fixed_front": "fixed-resolution front (φ = 0.75, 1, 1.25)",
+    phis = ", ".join(f"{recipes.RUNS[r].fixed_phi:g}" for r in FIXED_FRONT)
+    names = {"fixed_front": f"fixed-resolution front (φ = {phis})",
              "multiscale": f"multi-scale ({points}-point sweep)"}
     for key, label in names.items():
         h = s["headline"][key]

@@ -87,6 +87,7 @@ RUNS: dict[str, RunSpec] = {
     "fixed_0.75": RunSpec("fixed", fixed_phi=0.75, note="fixed resolution at phi = 0.75"),
     "fixed_1.00": RunSpec("fixed", note="fixed resolution at phi = 1"),
     "fixed_1.25": RunSpec("fixed", fixed_phi=1.25, note="fixed resolution at phi = 1.25"),
+    "fixed_1.50": RunSpec("fixed", fixed_phi=1.5, note="fixed resolution at phi = 1.5"),
     "multiscale": RunSpec("multiscale", note="multi-scale training (the paper's baseline)"),
     "elastic": RunSpec("elastic", note="learned per-image phi"),
     "elastic_no_scale_loss": RunSpec("elastic", use_scale_loss=False, role="ablation",
@@ -104,9 +105,7 @@ RUNS: dict[str, RunSpec] = {
                                   note="compute budget 0.9 instead of 0.8"),
     "elastic_budget_1.0": RunSpec("elastic", compute_budget=1.0, role="study",
                                   note="compute budget 1.0 instead of 0.8"),
-    # past the fixed front's top: is the best single fixed resolution inside the front?
-    "fixed_1.50": RunSpec("fixed", fixed_phi=1.5, role="study",
-                          note="fixed resolution at phi = 1.5 (above the front)"),
+    # past the fixed front's top (the sweep's top, φ = 1.5): where does fixed AP stop rising?
     "fixed_1.75": RunSpec("fixed", fixed_phi=1.75, role="study",
                           note="fixed resolution at phi = 1.75 (past the sweep's top)"),
 }

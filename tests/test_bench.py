@@ -35,7 +35,7 @@ from elastic_lab.bench_cells import (
     train_cell,
     training_time_complete,
 )
-from elastic_lab.bench_eval import loss_options_of
+from elastic_lab.bench_eval import SWEEP, loss_options_of
 from elastic_lab.bench_figures import pareto, save_figures
 from elastic_lab.bench_latency import processing_size, summarize_latency
 from elastic_lab.bench_report import ablation_lines, cell_lines, write_report
@@ -104,6 +104,11 @@ def _without(d: dict, *paths: str) -> dict:
 def test_runs_differ_only_in_what_they_are_named_after():
     ref = recipes.recipe_config("fixed_1.00").to_dict()
     assert set(FIXED_FRONT) < set(FIXED_RUNS)  # the studies past the front are fixed runs too
+    # the front: main cells, in order of φ, up to the sweep's top, so that the multi-scale
+    # sweep and the front span the same range
+    phis = [recipes.RUNS[r].fixed_phi for r in FIXED_FRONT]
+    assert set(FIXED_FRONT) <= set(MAIN_RUNS) and phis == sorted(phis) and phis[-1] == SWEEP[-1]
+    assert all(recipes.RUNS[r].fixed_phi > SWEEP[-1] for r in set(FIXED_RUNS) - set(FIXED_FRONT))
     for run in FIXED_RUNS:
         c = recipes.recipe_config(run, out="x")
         assert c.model.fixed_phi == recipes.RUNS[run].fixed_phi
@@ -123,10 +128,10 @@ def test_runs_differ_only_in_what_they_are_named_after():
     assert recipes.recipe_config("elastic_budget_0.9").loss.compute_budget == 0.9
     # studies are trained only when named: not cells of the benchmark, never "missing"
     studies = {r for r, s in recipes.RUNS.items() if s.role == "study"}
-    assert {"elastic_budget_0.9", "fixed_1.50"} <= studies
+    assert {"elastic_budget_0.9", "fixed_1.75"} <= studies
     assert not any(parse_cell(c).run in studies for c in all_cells() if c != LATENCY)
     assert parse_cell("elastic_budget_0.9_s1") == Cell("elastic_budget_0.9", 1)
-    assert parse_cell("fixed_1.50_s0") == Cell("fixed_1.50", 0)
+    assert parse_cell("fixed_1.75_s0") == Cell("fixed_1.75", 0)
     for run, field in changed.items():
         c = recipes.recipe_config(run).to_dict()
         assert _without(c, "out", field) == _without(el, "out", field), run
@@ -141,7 +146,7 @@ def test_cells_are_named_and_ordered_with_the_first_seed_first():
     first = [f"{r}_s0" for r in MAIN_RUNS]
     assert cells[:len(first)] == first and cells[len(first)] == LATENCY
     assert cells[-5:] == [f"{r}_s0" for r, s in recipes.RUNS.items() if s.role == "ablation"]
-    assert len(cells) == 5 * 3 + 5 + 1 and len(set(cells)) == len(cells)
+    assert len(cells) == len(MAIN_RUNS) * 3 + 5 + 1 and len(set(cells)) == len(cells)
     assert parse_cell("fixed_1.25_s2").run == "fixed_1.25" and parse_cell("elastic_s1").seed == 1
     for bad in ("elastic", "fixed_2.00_s0", "elastic_sx"):
         with pytest.raises(ValueError, match="not a benchmark cell"):
@@ -231,8 +236,12 @@ def test_smoke_bench_writes_one_small_file_per_cell(smoke):
             assert len(rows[key]["bootstrap_ap"]) == opts.replicas
         assert len(rows["sweep"]["1"]["bootstrap_ap"]) == opts.replicas
         mode = recipes.RUNS[c.run].mode
-        if mode == "fixed":
-            assert rows["own"] == rows["sweep"][f"{recipes.RUNS[c.run].fixed_phi:g}"]
+        if mode == "fixed":  # its own φ: the sweep's row where the sweep has it (smoke: ≤ 1.25)
+            phi = recipes.RUNS[c.run].fixed_phi
+            if f"{phi:g}" in rows["sweep"]:
+                assert rows["own"] == rows["sweep"][f"{phi:g}"]
+            else:
+                assert rows["own"]["mean_phi"] == phi and rows["own"]["bootstrap_ap"]
         elif mode == "multiscale":
             assert "own" not in rows
             assert all("bootstrap_ap" in r for r in rows["sweep"].values())
@@ -395,7 +404,7 @@ def test_latency_saving_is_a_ratio_of_totals_like_the_flops_saving():
 
 
 def test_smoke_report_is_a_function_of_the_cell_files(smoke):
-    out, _ = smoke
+    out, opts = smoke
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == [] and results["stale"] == []
     assert [t["name"] for t in results["targets"]] == ["fixed_front", "multiscale", "latency",
@@ -404,7 +413,8 @@ def test_smoke_report_is_a_function_of_the_cell_files(smoke):
     assert head["seeds"] == [0] and len(head["interval"]) == 2
     md = (out / "results.md").read_text()
     for section in ("## Headline", "## Targets of issue 16", "## Oracles", "## Ablations",
-                    "## Latency", "**Best single fixed resolution**", "Missing cells (0 of 7)"):
+                    "## Latency", "**Best single fixed resolution**",
+                    f"Missing cells (0 of {len(bench.expected_cells(opts))})"):
         assert section in md, section
     assert (out / "figures.html").read_text().count("plotly-graph-div") >= 4
     before = (out / "results.json").read_text()
@@ -655,11 +665,11 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     assert front["run"] == top and set(front["mean_ap_by_run"]) == set(FIXED_FRONT)
     # a study past the front, seed 0 only, above every run of the front on every resample
     study = json.loads(json.dumps(cells[f"{top}_s0"]))
-    study["cell"], study["run"] = "fixed_1.50_s0", "fixed_1.50"
+    study["cell"], study["run"] = "fixed_1.75_s0", "fixed_1.75"
     own = study["rows"]["own"]
     own["AP"] += 0.2
     own["bootstrap_ap"] = [a + 0.2 for a in own["bootstrap_ap"]]
-    cells["fixed_1.50_s0"] = study
+    cells["fixed_1.75_s0"] = study
     # and the front, elastic and an ablation at a second seed, so that the study has fewer
     # seeds than they have
     for r in FIXED_FRONT + ("elastic", "elastic_no_scale_loss"):
@@ -668,9 +678,9 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
         cells[f"{r}_s1"] = twin
     summary = summarize(cells, list(cells))
     b = summary["best_fixed"]
-    assert b["run"] == "fixed_1.50" and b["phi"] == 1.5
+    assert b["run"] == "fixed_1.75" and b["phi"] == 1.75
     assert b["mean_ap"] == pytest.approx(own["AP"], abs=1e-9)
-    assert b["seeds_by_run"]["fixed_1.50"] == [0] and b["seeds_by_run"][top] == [0, 1]
+    assert b["seeds_by_run"]["fixed_1.75"] == [0] and b["seeds_by_run"][top] == [0, 1]
     # elastic against it at the one seed both have
     d = b["elastic_ap_minus_best"]
     assert d["seeds"] == [0]
@@ -679,21 +689,21 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     # and the Pareto figure shows it as a point of its own beside the front's line
     fig = pareto(cells, replica_index({n: c for n, c in cells.items() if n != LATENCY}))
     points = [t for t in fig.data if (t.meta or {}).get("kind") == "method"]
-    assert "fixed_1.50" in [t.meta["name"] for t in points]
-    study_point = [t for t in points if t.meta["name"] == "fixed_1.50"]
+    assert "fixed_1.75" in [t.meta["name"] for t in points]
+    study_point = [t for t in points if t.meta["name"] == "fixed_1.75"]
     assert [t.y[0] for t in study_point] == [pytest.approx(own["AP"])]
     front_line = next(t for t in fig.data if (t.meta or {}).get("kind") == "front"
                       and t.meta["name"].startswith("fixed front"))
     assert study_point[0].marker.color == front_line.line.color  # read as a fixed detector
     assert study_point[0].marker.color not in [t.marker.color for t in points
-                                               if t.meta["name"] != "fixed_1.50"]
+                                               if t.meta["name"] != "fixed_1.75"]
     # the ablation table says at which seeds a run is paired with it
     table = [line for line in ablation_lines(summary) if line.startswith("| elastic")]
-    assert table and all("vs fixed_1.50 (at s0) |" in line for line in table)
+    assert table and all("vs fixed_1.75 (at s0) |" in line for line in table)
     text = best_fixed({"best_fixed": b})
-    assert text.startswith("**Best single fixed resolution**: `fixed_1.50` (φ = 1.5")
+    assert text.startswith("**Best single fixed resolution**: `fixed_1.75` (φ = 1.75")
     trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
-    assert trained.count("(1 seed)") == 1 and trained.endswith("fixed_1.50 " + fmt_ap(
+    assert trained.count("(1 seed)") == 1 and trained.endswith("fixed_1.75 " + fmt_ap(
         own["AP"]) + " (1 seed)")  # the front, at more seeds, carries no note
     assert "over seeds" not in text  # one paired seed: no interval over training runs
     # paired at several seeds: the Student-t interval over them follows the image interval
@@ -704,7 +714,7 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     row = {**row, "vs_best_fixed": {**row["vs_best_fixed"], "ap_minus": spread}}
     (line,) = [x for x in ablation_lines({**summary, "ablations": [row]})
                if x.startswith("| elastic")]
-    assert "(over seeds [-0.200, +0.050]) vs fixed_1.50" in line
+    assert "(over seeds [-0.200, +0.050]) vs fixed_1.75" in line
 
 
 def test_the_latency_sentence_sets_time_beside_flops_at_each_size():
