@@ -233,6 +233,20 @@ def test_method_states_what_the_distribution_target_does():
     assert budget["AP"] < free["AP"] < paper["AP"]
 
 
+def test_the_readme_says_which_cells_outlast_an_hour_and_how_often_runs_save():
+    """"Not every cell fits inside an hour …, up to about two hours …; a checkpoint after every
+    pool of 48 steps": the committed cells' training minutes and the recipe's pool size."""
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    minutes = [c["training"]["seconds"] / 60 for c in results["cells"].values()
+               if c.get("training_time_complete") and c.get("training")]
+    text = " ".join(README.split())
+    assert ("Not every cell fits inside an hour" in text) == (max(minutes) > 60)
+    assert "up to about two hours" in text and 90 < max(minutes) <= 130
+    opts = recipes.recipe_config("elastic").train
+    assert opts.checkpoint_every == 1 and (
+        f"writes its checkpoint after every pool of {opts.pool_batches} steps" in text)
+
+
 def test_the_readme_says_whether_gpu_cells_exist():
     """The README's sentence about GPU cells matches benchmarks/gpu/cells/."""
     gpu_cells = sorted((ROOT / "benchmarks" / "gpu" / "cells").glob("*.json"))
