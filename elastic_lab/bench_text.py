@@ -108,7 +108,8 @@ def best_fixed(s: Mapping) -> str | None:
 
 
 def verdict(s: Mapping) -> str:
-    """The research question answered in one sentence, from the fixed-front comparison."""
+    """The research question answered: at equal AP, from the fixed-front comparison, then in
+    AP alone, against the best single fixed resolution (:func:`in_ap_alone`)."""
     saved = s["headline"]["fixed_front"]["compute_saved"]
     if saved["mean"] is None or not saved["interval"]:
         return ("**Answer: not yet measurable** (the fixed-resolution front or elastic is "
@@ -116,14 +117,16 @@ def verdict(s: Mapping) -> str:
     n = len(saved["seeds"])
     low, high = saved["interval"]
     if low > 0:
-        what, note = "beats", ""
+        what, note = "beats the fixed-resolution front at equal AP beyond", ""
     elif high < 0:
-        what, note = "costs more than", ", which excludes a saving"
+        what, note = ("costs more than the fixed-resolution front at equal AP beyond",
+                      ", which excludes a saving")
     else:
-        what, note = "does not beat", ", which includes no saving"
+        what, note = ("does not beat the fixed-resolution front at equal AP beyond",
+                      ", which includes no saving")
     text = (f"**Answer ({n} seed{'s' if n != 1 else ''}): the learned per-image resolution "
-            f"{what} the fixed-resolution front beyond the test-image noise**: compute saved at "
-            f"equal AP {pct(saved['mean'])} (95 % interval {ci(saved['interval'])}{note}).")
+            f"{what} the test-image noise**: compute saved at equal AP {pct(saved['mean'])} "
+            f"(95 % interval {ci(saved['interval'])}{note}).")
     over_seeds = saved.get("seed_interval")
     if over_seeds:
         lo, hi = over_seeds
@@ -132,7 +135,28 @@ def verdict(s: Mapping) -> str:
         text += (f" Taking the training runs as the sample (sd over seeds "
                  f"{100 * saved['sd']:.1f} points), the Student-t interval of the mean "
                  f"{ci(over_seeds)} {state}.")
-    return text
+    return text + in_ap_alone(s)
+
+
+def in_ap_alone(s: Mapping) -> str:
+    """The verdict's second half: elastic against the best single fixed resolution in AP
+    alone (the paired image interval decides), with the GFLOPs they spend; "" until they share
+    a seed."""
+    b = s.get("best_fixed") or {}
+    d = b.get("elastic_ap_minus_best") or {}
+    if not d.get("interval"):
+        return ""
+    low, high = d["interval"]
+    if high < 0:
+        answer = "no: the best single fixed resolution trained scores more AP"
+    elif low > 0:
+        answer = "yes: the best single fixed resolution trained scores less AP"
+    else:
+        answer = "not settled: the best single fixed resolution trained scores about as much AP"
+    ratio = b["elastic_gflops_over_best"]["mean"]
+    return (f" In AP alone the answer is {answer} (`{b['run']}`, φ = {b['phi']:g}"
+            f"{'; within' if low <= 0 <= high else '; beyond'} the test-image noise), and "
+            f"elastic spends {num(ratio, '.2f')}× its GFLOPs.")
 
 
 def elastic_choice(s: Mapping) -> str | None:

@@ -50,6 +50,7 @@ from elastic_lab.bench_text import (
     latency_finding,
     multiscale_never_reaches,
     variants_above_best_fixed,
+    verdict,
 )
 from elastic_lab.checkpoint import load_checkpoint
 from elastic_lab.cli import main
@@ -715,6 +716,32 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     (line,) = [x for x in ablation_lines({**summary, "ablations": [row]})
                if x.startswith("| elastic")]
     assert "(over seeds [-0.200, +0.050]) vs fixed_1.75" in line
+
+
+def test_the_verdict_answers_at_equal_ap_and_in_ap_alone():
+    """The answer's two halves: compute saved against the front at equal AP (its interval
+    decides "beats"), then elastic against the best single fixed resolution in AP alone (the
+    paired AP interval decides no / yes / not settled)."""
+    def summary(saved, ap_minus):
+        return {"headline": {"fixed_front": {"compute_saved": {
+                    "mean": sum(saved) / 2, "interval": saved, "seeds": [0, 1, 2]}}},
+                "best_fixed": {"run": "fixed_1.50", "phi": 1.5, "elastic_ap_minus_best": {
+                    "mean": sum(ap_minus) / 2, "interval": ap_minus},
+                    "elastic_gflops_over_best": {"mean": 0.35}}}
+    text = verdict(summary([0.3, 0.4], [-0.15, -0.11]))
+    assert text.startswith("**Answer (3 seeds): the learned per-image resolution beats the "
+                           "fixed-resolution front at equal AP beyond the test-image noise**")
+    assert text.endswith(" In AP alone the answer is no: the best single fixed resolution "
+                         "trained scores more AP (`fixed_1.50`, φ = 1.5; beyond the test-image "
+                         "noise), and elastic spends 0.35× its GFLOPs.")
+    assert "answer is yes: the best single fixed resolution trained scores less AP" in verdict(
+        summary([0.3, 0.4], [0.01, 0.05]))
+    within = verdict(summary([-0.1, 0.2], [-0.02, 0.01]))
+    assert "does not beat the fixed-resolution front at equal AP" in within
+    assert "answer is not settled" in within and "; within the test-image noise)" in within
+    # no fixed run shares a seed with elastic yet: the first half alone
+    alone = verdict({**summary([0.3, 0.4], [0, 0]), "best_fixed": None})
+    assert alone.endswith("[+30.0 %, +40.0 %]).") and "In AP alone" not in alone
 
 
 def test_the_latency_sentence_sets_time_beside_flops_at_each_size():
