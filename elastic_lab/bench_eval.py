@@ -5,14 +5,16 @@ Rows (each: COCO AP, AP50, AP75, APs, APm, APl, mean GFLOPs, GFLOPs per image, m
 
 - ``sweep``: the detector at every φ of :data:`SWEEP` (the multi-scale front, and the input of
   the AP-optimal oracle for every detector);
-- ``own``: fixed models at their own φ (a sweep point), elastic ones at the predicted φ (GFLOPs
-  include the predictor); multi-scale models have none (their sweep is their front);
+- ``own``: fixed models at their own φ (a sweep point, or evaluated besides the sweep),
+  elastic ones at the predicted φ (GFLOPs include the predictor); multi-scale models have
+  none (their sweep is their front);
 - ``loss_optimal``: every image at the scale loss's optimum φ* (oracles.loss_optimal_phi;
   fixed and multi-scale models with ``ElasticLossOptions.for_base_size`` at γ = 1, elastic
-  ones with their own loss options and γ); ``ap_optimal``: every image at the sweep's φ that
-  maximises its own AP (oracles.ap_optimal_phi, on the sweep's detections). These are the
-  choices of oracles.loss_optimal / ap_optimal (tested equal), kept with their detections so
-  that the rows can be bootstrapped. Oracle GFLOPs are the detector's alone.
+  ones with their own loss options and γ); ``ap_optimal``: every image at the φ that
+  maximises its own AP (oracles.ap_optimal_phi) among the sweep's and, for a fixed model
+  trained outside the sweep, its own. These are the choices of oracles.loss_optimal /
+  ap_optimal (tested equal), kept with their detections so that the rows can be
+  bootstrapped. Oracle GFLOPs are the detector's alone.
 
 Rows that a headline or a table reads carry ``bootstrap_ap``: the AP of every resample of
 ``ap_subsets.bootstrap_indices(n, replicas, seed)``, the same resamples in every cell, so that
@@ -188,11 +190,17 @@ def evaluate_cell(model, checkpoint: Mapping, dataset, opts: EvalOptions,
     rows: dict = {"sweep": {scale_key(s): choice_row(dataset, sweep[s], flops,
                                                      index if boot(s) else None)
                             for s in scales}}
+    # the AP-optimal oracle chooses among the sweep's scales and a fixed model's own φ (a
+    # model trained past the sweep's top would otherwise be judged without its best scale)
+    candidates = dict(sweep)
     if mode == "fixed":
         key = scale_key(own_phi)
-        rows["own"] = rows["sweep"][key] if key in rows["sweep"] else choice_row(
-            dataset, detect_at(model, dataset, [own_phi] * len(dataset), opts.batch_size),
-            flops, index)
+        if key in rows["sweep"]:
+            rows["own"] = rows["sweep"][key]
+        else:
+            candidates[own_phi] = detect_at(model, dataset, [own_phi] * len(dataset),
+                                            opts.batch_size)
+            rows["own"] = choice_row(dataset, candidates[own_phi], flops, index)
     elif mode == "elastic":
         rows["own"] = choice_row(dataset, run_inference(model, dataset, opts.batch_size,
                                                         progress=False),
@@ -201,9 +209,9 @@ def evaluate_cell(model, checkpoint: Mapping, dataset, opts: EvalOptions,
     phi_star = loss_optimal_phi(model, dataset, loss_options).tolist()
     rows["loss_optimal"] = choice_row(dataset, detect_at(model, dataset, phi_star,
                                                          opts.batch_size), flops, index)
-    best = ap_optimal_phi(dataset, sweep)
-    rows["ap_optimal"] = choice_row(dataset, [sweep[float(b)][i] for i, b in enumerate(best)],
-                                    flops, index)
+    best = ap_optimal_phi(dataset, candidates)
+    rows["ap_optimal"] = choice_row(dataset, [candidates[float(b)][i]
+                                              for i, b in enumerate(best)], flops, index)
     out = {"mode": mode, "own_phi": own_phi, "loss_options": loss_options, "rows": rows,
            "evaluation": {"num_images": len(dataset), "image_ids": [int(i) for i in dataset.ids],
                           "scales": scales, "bootstrap": {"replicas": opts.replicas,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from pycocotools.cocoeval import COCOeval
 
+from elastic_lab import bench_eval
 from elastic_lab.ap_subsets import SubsetAP, bootstrap_indices
 from elastic_lab.data.coco import CocoDetection
 from elastic_lab.evaluate import evaluate
@@ -108,15 +110,22 @@ def test_subset_ap_counts_a_repeated_image_like_a_renamed_copy(synth_dir, tmp_pa
                                                                  abs=1e-12)
 
 
-def test_per_image_ap_is_nan_without_objects_and_one_for_perfect_detections(synth_dir):
-    ds = _dataset(synth_dir)
-    perfect = noisy_detections(ds, 0.0, seed=0)
-    for r, i in zip(perfect, range(len(ds))):  # restore the missed object, drop the FP
-        _, t = ds[i]
+def perfect_detections(dataset, phi: float = 1.0) -> list[dict]:
+    """noisy_detections without noise, the missed object restored and the false positive
+    dropped: every image's AP is 1 (NaN without objects)."""
+    perfect = noisy_detections(dataset, 0.0, seed=0, phi=phi)
+    for r, i in zip(perfect, range(len(dataset))):
+        _, t = dataset[i]
         h, w = t["orig_size"].tolist()
         cx, cy, bw, bh = (t["boxes"] * torch.tensor([w, h, w, h])).unbind(-1)
         r["boxes"] = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         r["scores"], r["labels"] = torch.ones(len(cx)), t["labels"]
+    return perfect
+
+
+def test_per_image_ap_is_nan_without_objects_and_one_for_perfect_detections(synth_dir):
+    ds = _dataset(synth_dir)
+    perfect = perfect_detections(ds)
     per = SubsetAP(ds, perfect).per_image()
     has = np.array([len(ds[i][1]["labels"]) > 0 for i in range(len(ds))])
     assert np.all(np.isnan(per[~has])) and np.allclose(per[has], 1.0)
@@ -173,6 +182,41 @@ def test_ap_optimal_gives_each_image_its_best_scale(synth_dir, tiny_model):
     np.testing.assert_allclose(per_scale[chosen, np.arange(len(ds))][has], best[has])
     assert all(p == 0.5 for p, h in zip(out["phi"], has) if not h)  # no objects: cheapest
     assert out["AP"] >= max(SubsetAP(ds, sweep[s]).ap(range(len(ds))) for s in scales) - 1e-9
+
+
+def test_a_fixed_model_trained_past_the_sweep_has_its_own_scale_among_the_ap_optimal_choices(
+        synth_dir, monkeypatch):
+    """bench_eval.evaluate_cell: a fixed detector trained at φ = 1.75, outside the sweep
+    (0.5, 1, 1.5), with detections that are perfect at its own φ and noisy at every sweep
+    point: its own row is the perfect one, and the AP-optimal oracle, which may pick its own φ
+    too, gives every image with objects that φ (AP 1, not below its own row)."""
+    ds = _dataset(synth_dir)
+    torch.manual_seed(0)
+    model = build_model(ModelOptions(mode="fixed", base_size=64, fixed_phi=1.75, detr=TINY),
+                        6).eval()
+    perfect, noisy = perfect_detections(ds), noisy_detections(ds, 0.3, seed=1)
+
+    def fake_detect_at(model, dataset, phi, batch_size=8, progress=False):
+        out = []
+        for i, p in enumerate(phi):
+            r = dict((perfect if p == 1.75 else noisy)[i], phi=float(p))
+            r["size"] = model.sizes([r["orig_size"]], torch.tensor([float(p)]))[0]
+            out.append(r)
+        return out
+
+    monkeypatch.setattr(bench_eval, "detect_at", fake_detect_at)
+    checkpoint = {"model_options": {"mode": "fixed", "detr": asdict(TINY)},
+                  "categories": list(range(6))}
+    rows = bench_eval.evaluate_cell(model, checkpoint, ds, bench_eval.EvalOptions(
+        scales=(0.5, 1.0, 1.5), replicas=4))["rows"]
+    assert list(rows["sweep"]) == ["0.5", "1", "1.5"]
+    assert rows["own"]["mean_phi"] == 1.75 and rows["own"]["AP"] == pytest.approx(1.0)
+    assert max(r["AP"] for r in rows["sweep"].values()) < 0.9
+    best = rows["ap_optimal"]
+    assert best["AP"] == pytest.approx(rows["own"]["AP"])
+    has = [len(ds[i][1]["labels"]) > 0 for i in range(len(ds))]
+    phis = best.get("phi_per_image", [best["mean_phi"]] * len(ds))
+    assert all(p == 1.75 for p, h in zip(phis, has) if h) and any(has)
 
 
 def test_evaluation_does_not_depend_on_the_batch_size(synth_dir):
