@@ -203,9 +203,10 @@ def ablation_lines(s: Mapping) -> list[str]:
         saved = [saving(x) for x in saved]
         gain = a.get("ap_gain_vs_fixed_front")
         gain = ap_diff(gain) if gain else "n/a"
-        best = a.get("vs_best_fixed")
-        best = (f"{ap_diff(best['ap_minus'])}{over_seeds(best['ap_minus'])} vs {best['run']}"
-                f"{fewer_seeds(best['ap_minus'], a)}" if best else "n/a")
+        best = "; ".join(f"{ap_diff(b['ap_minus'])}{over_seeds(b['ap_minus'])} vs {b['run']}"
+                         f"{fewer_seeds(b['ap_minus'], a)}"
+                         for b in (a.get("vs_best_fixed"), a.get("vs_best_seeded_fixed"))
+                         if b) or "n/a"
         lines.append(f"| {a['run']} {seed_names(a)} | {a['note']} | {ablation_ap(a)} | {dap} | "
                      f"{num(a['gflops'], '.2f')} | {num(a['mean_phi'], '.3f')} | "
                      f"{num(a['gamma'], '.3f')} | {num(a['pearson_u'], '.2f')} | "

@@ -88,17 +88,33 @@ def headline(runs: Mapping, index: np.ndarray, model_run: str = "elastic") -> di
 def best_fixed(runs: Mapping, index: np.ndarray) -> dict | None:
     """The single fixed resolution with the best mean AP over its seeds, among every fixed run
     trained (the front and the studies past it), and elastic against it (AP difference and
-    GFLOPs ratio, paired, at the seeds both have)."""
+    GFLOPs ratio, paired, at the seeds both have). When that run has fewer seeds than the
+    most any fixed run has, ``seeded`` holds the same for the best of those with the most
+    (the comparison with a spread over training runs); else it is None."""
     means = _fixed_means(runs)
     if not means:
         return None
-    best = _best_of(means)
+    best, seeded = _best_of(means), _best_seeded(runs, means)
+    out = {**_best_entry(runs, best, means, index),
+           "mean_ap_by_run": {r: float(v) for r, v in means.items()},
+           "seeds_by_run": {r: sorted(runs[r]) for r in means}}
+    out["seeded"] = None if seeded == best else _best_entry(runs, seeded, means, index)
+    return out
+
+
+def _best_entry(runs: Mapping, best: str, means: Mapping[str, float],
+                index: np.ndarray) -> dict:
+    """A fixed run and elastic against it (paired, at the seeds both have)."""
     vs = _paired_against(runs, "elastic", best, list(runs.get("elastic", {})), index)
     return {"run": best, "phi": recipes.RUNS[best].fixed_phi, "mean_ap": float(means[best]),
-            "mean_ap_by_run": {r: float(v) for r, v in means.items()},
-            "seeds_by_run": {r: sorted(runs[r]) for r in means},
-            "elastic_ap_minus_best": vs["ap_minus"],
+            "seeds": sorted(runs[best]), "elastic_ap_minus_best": vs["ap_minus"],
             "elastic_gflops_over_best": vs["gflops_ratio"]}
+
+
+def _best_seeded(runs: Mapping, means: Mapping[str, float]) -> str | None:
+    """The best of the fixed runs trained at the most seeds."""
+    most = max(len(runs[r]) for r in means)
+    return _best_of({r: v for r, v in means.items() if len(runs[r]) == most})
 
 
 def _fixed_means(runs: Mapping) -> dict[str, float]:
@@ -228,13 +244,16 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
     """Elastic and every ablation trained: own row (mean over the run's seeds), γ, fidelity,
     AP against elastic (paired, at the seeds both have), compute saved and AP gain at equal
     GFLOPs against both fronts of the same seeds, and AP against the best single fixed
-    resolution with the GFLOPs ratio (``vs_best_fixed``). The ablations run at the first
-    seed; a run trained at more seeds
-    (``elastic-lab bench --cells elastic_no_dist_loss_s1``) is averaged over them, and the
-    elastic row covers the seeds of the ablations present."""
+    resolution with the GFLOPs ratio (``vs_best_fixed``; ``vs_best_seeded_fixed`` the same
+    against the best fixed run at the most seeds when that is another). The ablations run at
+    the first seed; a run trained at more seeds (``elastic-lab bench --cells
+    elastic_no_dist_loss_s1``) is averaged over them, and the elastic row covers the seeds of
+    the ablations present."""
     elastic_runs = [r for r, spec in recipes.RUNS.items() if spec.mode == "elastic" and runs.get(r)]
     ablation_seeds = sorted({s for r in elastic_runs if r != "elastic" for s in runs[r]})
-    best = _best_of(_fixed_means(runs))
+    means = _fixed_means(runs)
+    best = _best_of(means)
+    seeded = _best_seeded(runs, means) if means else None
     out = []
     for run in elastic_runs:
         seeds = sorted(runs[run])
@@ -267,6 +286,8 @@ def ablations(runs: Mapping, index: np.ndarray) -> list[dict]:
                         {s: c[key] for s, c in found.items()},
                         {s: c["replicas"][key] for s, c in found.items()})
         entry["vs_best_fixed"] = _against_best_fixed(runs, run, best, seeds, index)
+        entry["vs_best_seeded_fixed"] = (None if seeded == best else
+                                         _against_best_fixed(runs, run, seeded, seeds, index))
         out.append(entry)
     return out
 

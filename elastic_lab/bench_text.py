@@ -97,14 +97,25 @@ def best_fixed(s: Mapping) -> str | None:
         n = len(seeds.get(run, ()))
         return f" ({n} seed{'s' if n != 1 else ''})" if 0 < n < most else ""
 
-    return (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
+    text = (f"**Best single fixed resolution**: `{b['run']}` (φ = {b['phi']:g}, mean AP "
             f"{fmt_ap(b['mean_ap'])}; each fixed resolution trained: "
             + ", ".join(f"{r} {fmt_ap(v)}{seed_note(r)}" for r, v in b["mean_ap_by_run"].items())
-            + f"). Elastic minus it: AP {mean_sd(b['elastic_ap_minus_best'], fmt_dap)} "
-            f"{ci(b['elastic_ap_minus_best']['interval'], fmt_dap)}"
-            f"{over_seeds(b['elastic_ap_minus_best'])}, GFLOPs ratio "
-            f"{mean_sd(b['elastic_gflops_over_best'], lambda x: num(x, '.3f'))} "
-            f"{ci(b['elastic_gflops_over_best']['interval'], lambda x: num(x, '.3f'))}.")
+            + f"). Elastic minus it: {_elastic_against(b)}.")
+    seeded = b.get("seeded")
+    if seeded:
+        n = len(seeded["seeds"])
+        text += (f" The best at {n} seeds, `{seeded['run']}` (φ = {seeded['phi']:g}, mean AP "
+                 f"{fmt_ap(seeded['mean_ap'])}): elastic minus it {_elastic_against(seeded)}.")
+    return text
+
+
+def _elastic_against(b: Mapping) -> str:
+    """"AP d ± sd [lo, hi] (over seeds [..]), GFLOPs ratio r ± sd [lo, hi]": elastic against
+    one fixed run of :func:`best_fixed`."""
+    d, ratio = b["elastic_ap_minus_best"], b["elastic_gflops_over_best"]
+    return (f"AP {mean_sd(d, fmt_dap)} {ci(d['interval'], fmt_dap)}{over_seeds(d)}, GFLOPs "
+            f"ratio {mean_sd(ratio, lambda x: num(x, '.3f'))} "
+            f"{ci(ratio['interval'], lambda x: num(x, '.3f'))}")
 
 
 def verdict(s: Mapping) -> str:

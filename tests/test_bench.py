@@ -664,6 +664,7 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     top = max(FIXED_FRONT, key=lambda r: cells[f"{r}_s0"]["rows"]["own"]["AP"])
     front = summarize(cells, list(cells))["best_fixed"]
     assert front["run"] == top and set(front["mean_ap_by_run"]) == set(FIXED_FRONT)
+    assert front["seeded"] is None  # every fixed run at the same seeds: one best
     # a study past the front, seed 0 only, above every run of the front on every resample
     study = json.loads(json.dumps(cells[f"{top}_s0"]))
     study["cell"], study["run"] = "fixed_1.75_s0", "fixed_1.75"
@@ -698,11 +699,23 @@ def test_the_best_fixed_resolution_is_sought_past_the_front(smoke):
     assert study_point[0].marker.color == front_line.line.color  # read as a fixed detector
     assert study_point[0].marker.color not in [t.marker.color for t in points
                                                if t.meta["name"] != "fixed_1.75"]
-    # the ablation table says at which seeds a run is paired with it
+    # the best of the runs at the most seeds (the front's top, seeds 0 and 1) stays beside it
+    seeded = b["seeded"]
+    assert seeded["run"] == top and seeded["seeds"] == [0, 1]
+    assert seeded["elastic_ap_minus_best"]["seeds"] == [0, 1]
+    assert seeded["elastic_ap_minus_best"]["mean"] == pytest.approx(
+        cells["elastic_s0"]["rows"]["own"]["AP"] - cells[f"{top}_s0"]["rows"]["own"]["AP"],
+        abs=1e-9)  # the twins at seed 1 repeat seed 0
+    # the ablation table says at which seeds a run is paired with each
     table = [line for line in ablation_lines(summary) if line.startswith("| elastic")]
-    assert table and all("vs fixed_1.75 (at s0) |" in line for line in table)
+    assert table and all("vs fixed_1.75 (at s0); " in line for line in table)
+    assert any(f" vs {top} |" in line for line in table)  # elastic: paired at both seeds
+    rows = {a["run"]: a for a in summary["ablations"]}
+    assert rows["elastic"]["vs_best_seeded_fixed"]["run"] == top
     text = best_fixed({"best_fixed": b})
     assert text.startswith("**Best single fixed resolution**: `fixed_1.75` (φ = 1.75")
+    assert f"The best at 2 seeds, `{top}` (φ = {recipes.RUNS[top].fixed_phi:g}, mean AP" in text
+    text = best_fixed({"best_fixed": {**b, "seeded": None}})
     trained = text.split("each fixed resolution trained: ")[1].split("). Elastic")[0]
     assert trained.count("(1 seed)") == 1 and trained.endswith("fixed_1.75 " + fmt_ap(
         own["AP"]) + " (1 seed)")  # the front, at more seeds, carries no note
