@@ -158,16 +158,16 @@ def in_ap_alone(s: Mapping) -> str:
     if not d.get("interval"):
         return ""
     low, high = d["interval"]
+    what = "the best single fixed resolution trained scores"
     if high < 0:
-        answer = "no: the best single fixed resolution trained scores more AP"
+        answer, noise = f"no: {what} more AP", "beyond"
     elif low > 0:
-        answer = "yes: the best single fixed resolution trained scores less AP"
+        answer, noise = f"yes: {what} less AP", "beyond"
     else:
-        answer = "not settled: the best single fixed resolution trained scores about as much AP"
+        answer, noise = f"not settled: {what} about as much AP", "within"
     ratio = b["elastic_gflops_over_best"]["mean"]
-    return (f" In AP alone the answer is {answer} (`{b['run']}`, φ = {b['phi']:g}"
-            f"{'; within' if low <= 0 <= high else '; beyond'} the test-image noise), and "
-            f"elastic spends {num(ratio, '.2f')}× its GFLOPs.")
+    return (f" In AP alone the answer is {answer} (`{b['run']}`, φ = {b['phi']:g}; {noise} "
+            f"the test-image noise), and elastic spends {num(ratio, '.2f')}× its GFLOPs.")
 
 
 def elastic_choice(s: Mapping) -> str | None:
